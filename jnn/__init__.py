@@ -1,0 +1,24 @@
+"""jnn: pure Flax models and Optax optimizers in one train step for jit, vmap, pmap and sharded jit.
+
+    import jnn
+    model = jnn.models.get("cnn", num_outputs=10)
+    tx = jnn.make_optimizer("adam", 1e-3)
+    state = jnn.create_train_state(model, tx, jax.random.PRNGKey(0), sample_x)
+    train_step = jax.jit(jnn.make_train_step("cross_entropy"))
+    state, metrics = train_step(state, {"x": x, "y": y, "mask": mask})
+"""
+
+from jnn import data, losses, metrics, models
+from jnn.metrics import sum_metrics, summarize
+from jnn.optim import make_optimizer, make_schedule, optimizer_names, schedule_names
+from jnn.state import ModelApply, TrainState, create_train_state, parameter_count
+from jnn.step import make_eval_step, make_train_step, predict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelApply", "TrainState", "create_train_state", "data", "losses", "make_eval_step",
+    "make_optimizer", "make_schedule", "make_train_step", "metrics", "models",
+    "optimizer_names", "parameter_count", "predict", "schedule_names", "sum_metrics",
+    "summarize",
+]

@@ -1,0 +1,185 @@
+"""Datasets by name: tfds data sources read into memory, a validation split carved from train.
+
+    ds = jnn.data.load("digits", validation_fraction=0.2)
+    ds.train["x"].shape  # (N, 8, 8, 1) uint8
+
+`digits` and `diabetes` are built here from scikit-learn's bundled copies (prepared
+into the tfds data dir on first use, in well under a second). `mnist`,
+`fashion_mnist` and `cifar10` are read with `tfds.data_source` (no TensorFlow needed)
+when prepared in array_record format; when they are not, `DatasetUnavailableError`
+says how to prepare them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jnn.data.builders import SklearnDiabetes, SklearnDigits
+
+
+class DatasetUnavailableError(FileNotFoundError):
+    """A tfds dataset is not prepared in the data dir (and cannot be downloaded here)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What jnn knows of a dataset: where its arrays are and how to scale them.
+
+    Inputs are normalised as (x * scale - mean) / std, per channel where mean and std
+    are tuples.
+    """
+
+    name: str
+    tfds_name: str
+    x_key: str
+    y_key: str
+    task: str  # "classification" or "regression"
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    num_classes: int = 10  # classification only
+    builder: type | None = None  # a builder jnn ships; None: from the tfds catalog
+
+
+SPECS = {
+    # digits: 0..16 -> [0, 1] -> [-1, 1]
+    "digits": DatasetSpec("digits", "sklearn_digits", "image", "label", "classification",
+                          scale=1 / 16, mean=(0.5,), std=(0.5,), builder=SklearnDigits),
+    # diabetes features are already centred and scaled by scikit-learn; standardise
+    # further from the training split (see `load`).
+    "diabetes": DatasetSpec("diabetes", "sklearn_diabetes", "features", "target", "regression",
+                            builder=SklearnDiabetes),
+    "mnist": DatasetSpec("mnist", "mnist", "image", "label", "classification",
+                         scale=1 / 255, mean=(0.1307,), std=(0.3081,)),
+    "fashion_mnist": DatasetSpec("fashion_mnist", "fashion_mnist", "image", "label",
+                                 "classification", scale=1 / 255, mean=(0.2860,), std=(0.3530,)),
+    # cifar10: the seed's Normalize(mean=0.5, std=0.5) per channel
+    "cifar10": DatasetSpec("cifar10", "cifar10", "image", "label", "classification",
+                           scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+}
+
+
+def dataset_names() -> list[str]:
+    """The dataset names `load` accepts."""
+    return sorted(SPECS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Splits as dicts of host arrays {"x": (N, ...), "y": (N,)}, plus what models need.
+
+    Attributes:
+      num_outputs: classes for classification, 1 for scalar regression.
+      x_mean, x_std: per-feature normalisation (broadcast against one example).
+      y_mean, y_std: target standardisation for regression (0 and 1 otherwise).
+    """
+
+    spec: DatasetSpec
+    train: dict
+    validation: dict
+    test: dict
+    num_outputs: int
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    y_mean: float = 0.0
+    y_std: float = 1.0
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train["x"].shape[1:])
+
+
+def default_data_dir() -> str:
+    """$TFDS_DATA_DIR, else tfds's default (~/tensorflow_datasets)."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def _prepare_instructions(spec: DatasetSpec, data_dir: str) -> str:
+    return (f"dataset {spec.name!r} is not prepared in {data_dir}; on a machine with internet run "
+            f"`pip install tensorflow tensorflow-datasets && tfds build {spec.tfds_name} "
+            f"--file_format=array_record --data_dir {data_dir}` (or copy a prepared "
+            f"{spec.tfds_name}/ folder there, or point --set data_dir=DIR at one)")
+
+
+def _read_split(source, spec: DatasetSpec) -> dict:
+    chunk = 4096
+    xs, ys = [], []
+    for start in range(0, len(source), chunk):
+        rows = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
+        xs.append(np.stack([np.asarray(r[spec.x_key]) for r in rows]))
+        ys.append(np.asarray([r[spec.y_key] for r in rows]))
+    return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
+
+
+def read_tfds_split(name: str, split: str, data_dir: str | None = None) -> dict:
+    """Reads one split of a jnn dataset into memory: {"x": (N, ...), "y": (N,)}.
+
+    Raises:
+      ValueError: unknown dataset name (lists the known ones).
+      DatasetUnavailableError: the dataset is not prepared in `data_dir`.
+    """
+    if name not in SPECS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}")
+    spec = SPECS[name]
+    data_dir = data_dir or default_data_dir()
+    if spec.builder is not None:
+        builder = spec.builder(data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            builder.download_and_prepare()
+        source = builder.as_data_source(split=split)
+    else:
+        try:
+            source = tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir,
+                                      download=False)
+        except Exception as err:  # tfds raises several types for "not there"
+            raise DatasetUnavailableError(_prepare_instructions(spec, data_dir)) from err
+    return _read_split(source, spec)
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str = "labels") -> None:
+    """Raises ValueError unless `labels` are integers in [0, num_classes)."""
+    if labels.size == 0:
+        return
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: class labels must be integers, got dtype {labels.dtype}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"{where}: labels range over [{low}, {high}] but the model has "
+                         f"{num_classes} classes; labels must lie in [0, {num_classes - 1}]")
+
+
+def load(name: str, *, data_dir: str | None = None, validation_fraction: float = 0.2,
+         split_seed: int = 0) -> Dataset:
+    """Loads dataset `name` with a validation split carved from its training split.
+
+    Args:
+      name: one of `dataset_names()`.
+      data_dir: the tfds data dir (default: `default_data_dir()`).
+      validation_fraction: the share of the training split held out for validation
+        (the seed holds out 20%); 0 for none.
+      split_seed: seeds which training examples are held out.
+    """
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    train = read_tfds_split(name, "train", data_dir)
+    test = read_tfds_split(name, "test", data_dir)
+    spec = SPECS[name]
+    order = np.random.default_rng(split_seed).permutation(len(train["y"]))
+    n_val = int(round(validation_fraction * len(order)))
+    validation = {k: v[np.sort(order[:n_val])] for k, v in train.items()}
+    train = {k: v[np.sort(order[n_val:])] for k, v in train.items()}
+    if spec.task == "classification":
+        for split, arrays in (("train", train), ("validation", validation), ("test", test)):
+            check_labels(arrays["y"], spec.num_classes, f"{name}/{split}")
+        num_outputs = spec.num_classes
+        x_mean = np.asarray(spec.mean, np.float32)
+        x_std = np.asarray(spec.std, np.float32)
+        return Dataset(spec, train, validation, test, num_outputs, x_mean, x_std)
+    x = train["x"].astype(np.float32)
+    return Dataset(spec, train, validation, test, num_outputs=1,
+                   x_mean=x.mean(axis=0), x_std=x.std(axis=0) + 1e-8,
+                   y_mean=float(train["y"].mean()), y_std=float(train["y"].std()))

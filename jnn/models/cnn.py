@@ -1,0 +1,64 @@
+"""The seed convolutional networks: the MNIST CNN and the CIFAR-10 CNN."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from jnn.models.activations import get_activation
+from jnn.models.initializers import get_initializer
+from jnn.models.pooling import max_pool_2x2
+
+
+class CNN(nn.Module):
+    """The seed MNIST CNN: Conv 32 3x3 ReLU -> MaxPool 2 -> Flatten -> Dense 128 ReLU -> Dense 10.
+
+    Convolution padding is 'VALID' as in the seed (Keras' default), so a (B, 28, 28, 1)
+    input gives 26x26x32 -> 13x13x32 -> 5408 features (693,962 parameters in all) and the
+    8x8 digits give 6x6x32 -> 3x3x32 -> 288. Returns (B, num_outputs) logits.
+    """
+
+    num_outputs: int = 10
+    features: int = 32
+    hidden: int = 128
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    kernel_init: str = "lecun_normal"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        act = get_activation(self.activation)
+        init = get_initializer(self.kernel_init)
+        x = act(nn.Conv(self.features, (3, 3), padding="VALID", kernel_init=init)(x))
+        x = max_pool_2x2(x)  # (B, H', W', features)
+        x = x.reshape((x.shape[0], -1))
+        x = act(nn.Dense(self.hidden, kernel_init=init)(x))
+        if self.dropout_rate > 0:
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_outputs, kernel_init=init)(x)
+
+
+class CifarCNN(nn.Module):
+    """The seed CIFAR-10 CNN (the PyTorch tutorial shape, widened).
+
+    Conv 3->32 3x3 pad 1, ReLU, MaxPool 2; Conv 32->64 3x3 pad 1, ReLU, MaxPool 2;
+    FC 4096->120->84->num_outputs. Input (B, 32, 32, 3); 522,046 parameters.
+    """
+
+    num_outputs: int = 10
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    kernel_init: str = "lecun_normal"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        act = get_activation(self.activation)
+        init = get_initializer(self.kernel_init)
+        x = max_pool_2x2(act(nn.Conv(32, (3, 3), padding=1, kernel_init=init)(x)))  # (B, 16, 16, 32)
+        x = max_pool_2x2(act(nn.Conv(64, (3, 3), padding=1, kernel_init=init)(x)))  # (B, 8, 8, 64)
+        x = x.reshape((x.shape[0], -1))  # (B, 4096)
+        x = act(nn.Dense(120, kernel_init=init)(x))
+        x = act(nn.Dense(84, kernel_init=init)(x))
+        if self.dropout_rate > 0:
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_outputs, kernel_init=init)(x)

@@ -1,0 +1,76 @@
+"""Multi-layer perceptrons: the seed MLP (784-128-10) and a residual MLP for depth studies."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+
+from jnn.models.activations import get_activation
+from jnn.models.initializers import get_initializer
+
+
+class MLP(nn.Module):
+    """Dense layers with an activation and optional dropout between them.
+
+    Input (B, ...) is flattened to (B, D); output is (B, num_outputs) logits or values.
+    The defaults are the seed's 784-128-10 ReLU network (the input size comes from x).
+    """
+
+    hidden_sizes: Sequence[int] = (128,)
+    num_outputs: int = 10
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    kernel_init: str = "lecun_normal"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        act = get_activation(self.activation)
+        init = get_initializer(self.kernel_init)
+        x = x.reshape((x.shape[0], -1))  # (B, D)
+        for width in self.hidden_sizes:
+            x = act(nn.Dense(width, kernel_init=init)(x))
+            if self.dropout_rate > 0:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_outputs, kernel_init=init)(x)  # (B, num_outputs)
+
+
+class ResidualBlock(nn.Module):
+    """x + Dense(act(Dense(LayerNorm(x)))): a pre-norm residual MLP block of width D."""
+
+    width: int
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, _=None):
+        h = nn.LayerNorm()(x)
+        h = get_activation(self.activation)(nn.Dense(self.width)(h))
+        return x + nn.Dense(self.width)(h), None
+
+
+class ResMLP(nn.Module):
+    """A deep residual MLP: Dense(width) -> `depth` residual blocks -> Dense(num_outputs).
+
+    With `scan=True` the blocks are one `nn.scan` over stacked parameters, so the
+    traced program (and its compile time) does not grow with depth.
+    """
+
+    depth: int = 8
+    width: int = 128
+    num_outputs: int = 10
+    activation: str = "relu"
+    scan: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        x = nn.Dense(self.width)(x.reshape((x.shape[0], -1)))  # (B, width)
+        if self.scan:
+            blocks = nn.scan(ResidualBlock, variable_axes={"params": 0},
+                             split_rngs={"params": True}, length=self.depth)
+            x, _ = blocks(self.width, self.activation)(x, None)
+        else:
+            for _ in range(self.depth):
+                x, _ = ResidualBlock(self.width, self.activation)(x)
+        return nn.Dense(self.num_outputs)(x)  # (B, num_outputs)

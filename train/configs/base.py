@@ -1,0 +1,27 @@
+"""Fields every config has, with their defaults and why."""
+
+
+def base_config() -> dict:
+    return dict(
+        dataset="digits",
+        data_dir=None,  # tfds data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+        validation_fraction=0.2,  # the seed holds out 20% of train for validation
+        augment=False,  # the seed CIFAR augmentation: random crop (pad 4) + flip
+        model="cnn",
+        model_kwargs={},  # fields of the model, e.g. hidden_sizes, dropout_rate, kernel_init
+        loss="cross_entropy",
+        label_smoothing=0.0,
+        l1=0.0,  # L1 penalty on kernels
+        l2=0.0,  # L2 penalty on kernels
+        optimizer="adam",
+        learning_rate=1e-3,
+        momentum=0.9,  # for momentum / nesterov / rmsprop
+        weight_decay=0.0,  # decoupled for adamw, an L2 gradient term otherwise
+        clip_norm=None,  # global-norm gradient clipping; None: off
+        schedule="constant",
+        schedule_kwargs={},  # step: step_epochs, gamma; warmup_cosine: warmup_epochs
+        batch_size=128,  # the seed's batch size
+        epochs=10,
+        early_stopping_patience=0,  # stop after this many epochs without a better val loss; 0: off
+        seed=0,
+    )

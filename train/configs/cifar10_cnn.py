@@ -1,0 +1,17 @@
+"""The seed CIFAR-10 CNN: SGD lr 0.001 momentum 0.9, StepLR(7, 0.7), crop+flip, normalise 0.5/0.5.
+
+    python -m train --config cifar10_cnn   # needs CIFAR-10 prepared (see README)
+
+Expected: test accuracy about 65-70% after 30 epochs; about 40 s an epoch on 2 CPU cores.
+"""
+
+from train.configs.base import base_config
+
+
+def get_config() -> dict:
+    config = base_config()
+    config.update(dataset="cifar10", model="cifar_cnn", optimizer="momentum",
+                  learning_rate=1e-3, momentum=0.9, schedule="step",
+                  schedule_kwargs={"step_epochs": 7, "gamma": 0.7}, augment=True,
+                  batch_size=128, epochs=30)
+    return config
