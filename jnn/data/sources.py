@@ -106,13 +106,11 @@ def _prepare_instructions(spec: DatasetSpec, data_dir: str) -> str:
 
 
 def _read_split(source, spec: DatasetSpec) -> dict:
-    chunk = 4096
-    xs, ys = [], []
-    for start in range(0, len(source), chunk):
-        rows = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
-        xs.append(np.stack([np.asarray(r[spec.x_key]) for r in rows]))
-        ys.append(np.asarray([r[spec.y_key] for r in rows]))
-    return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
+    # Element by element: the same path for real array_record sources and for
+    # tfds.testing.mock_data (whose batched __getitems__ is broken in tfds 4.9.10).
+    rows = [source[i] for i in range(len(source))]
+    return {"x": np.stack([np.asarray(r[spec.x_key]) for r in rows]),
+            "y": np.asarray([r[spec.y_key] for r in rows])}
 
 
 def read_tfds_split(name: str, split: str, data_dir: str | None = None) -> dict:
