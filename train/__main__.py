@@ -45,14 +45,12 @@ def main(argv=None) -> int:
         if args.show:
             print(json.dumps(config, indent=2))
             return 0
-        from jnn.data import DatasetUnavailableError
         from train.loop import train_and_evaluate
 
         workdir = args.workdir or os.path.join("runs", args.config)
         summary = train_and_evaluate(config, workdir,
                                      progress=False if args.no_progress else None)
-    except (ValueError, DatasetUnavailableError if "jnn.data" in sys.modules else ValueError,
-            FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # jnn.data.DatasetUnavailableError included
         if args.traceback:
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -1,0 +1,67 @@
+"""End to end: every config trains briefly through the real data path; nothing recompiles."""
+
+import json
+
+import pytest
+import tensorflow_datasets as tfds
+
+from train import config as configs
+from train.loop import train_and_evaluate
+
+SUMMARY_FIELDS = ("config", "test_loss", "epochs", "steps", "train_time_s", "compile_time_s",
+                  "examples_per_s", "devices", "jax_version")
+
+
+def _short(name, **fields):
+    config = configs.get_config(name)
+    config.update({"epochs": 1, **fields})
+    return config
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp", "diabetes_mlp"])
+def test_bundled_configs_train_end_to_end(tmp_path, name):
+    summary = train_and_evaluate(_short(name), str(tmp_path), progress=False, log=lambda _: None)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert all(field in written for field in SUMMARY_FIELDS)
+    assert ("test_mse" if name == "diabetes_mlp" else "test_accuracy") in written
+    assert written["steps"] == summary["steps"] > 0
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn", "mnist_mlp", "cifar10_cnn"])
+def test_download_configs_train_end_to_end_on_mock_data(tmp_path, name):
+    with tfds.testing.mock_data(num_examples=40):
+        summary = train_and_evaluate(_short(name, batch_size=16, data_dir=str(tmp_path / "tfds")),
+                                     str(tmp_path / "run"), progress=False, log=lambda _: None)
+    assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["steps"] == 2
+
+
+def test_digits_cnn_learns_in_a_few_epochs(tmp_path):
+    summary = train_and_evaluate(_short("digits_cnn", epochs=5), str(tmp_path), progress=False,
+                                 log=lambda _: None)
+    assert summary["test_accuracy"] > 0.9
+
+
+def test_diabetes_mlp_beats_predicting_the_training_mean(tmp_path):
+    config = configs.get_config("diabetes_mlp")
+    summary = train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
+    assert summary["test_mse"] < 0.8 * summary["test_mse_of_train_mean"]
+
+
+def test_the_second_epoch_compiles_nothing(tmp_path, compile_counter):
+    epochs_done = []
+
+    def on_epoch(_line):
+        epochs_done.append(1)
+        compile_counter.counting = len(epochs_done) == 1  # count during epoch 2 only
+
+    config = _short("digits_cnn", epochs=2, early_stopping_patience=0)
+    train_and_evaluate(config, str(tmp_path), progress=False, log=on_epoch)
+    assert len(epochs_done) == 2 and compile_counter.count == 0
+
+
+def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
+    config = _short("digits_mlp", epochs=50, early_stopping_patience=1, learning_rate=2.0,
+                    optimizer="sgd")
+    summary = train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
+    assert summary["epochs"] < 50
