@@ -8,7 +8,7 @@
     state, metrics = train_step(state, {"x": x, "y": y, "mask": mask})
 """
 
-from jnn import data, losses, metrics, models
+from jnn import data, ensemble, losses, metrics, models, parallel, per_example
 from jnn.metrics import sum_metrics, summarize
 from jnn.optim import make_optimizer, make_schedule, optimizer_names, schedule_names
 from jnn.state import ModelApply, TrainState, create_train_state, parameter_count
@@ -17,8 +17,8 @@ from jnn.step import make_eval_step, make_train_step, predict
 __version__ = "0.1.0"
 
 __all__ = [
-    "ModelApply", "TrainState", "create_train_state", "data", "losses", "make_eval_step",
+    "ModelApply", "TrainState", "create_train_state", "data", "ensemble", "losses", "make_eval_step",
     "make_optimizer", "make_schedule", "make_train_step", "metrics", "models",
-    "optimizer_names", "parameter_count", "predict", "schedule_names", "sum_metrics",
+    "optimizer_names", "parallel", "parameter_count", "per_example", "predict", "schedule_names", "sum_metrics",
     "summarize",
 ]

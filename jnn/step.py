@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jnn import losses
+from jnn.per_example import clip_and_noise, per_example_loss_grads
 from jnn.state import TrainState
 
 Batch = dict
@@ -63,7 +64,9 @@ def _batch_metrics(per_example, outputs, batch, task):
 
 def make_train_step(loss: str | Callable = "cross_entropy", *, axis_name: str | None = None,
                     task: str | None = None, label_smoothing: float = 0.0, l1: float = 0.0,
-                    l2: float = 0.0) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+                    l2: float = 0.0, dp_clip_norm: float | None = None,
+                    dp_noise_multiplier: float = 0.0
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Returns `train_step(state, batch) -> (new_state, metrics)`, a pure function.
 
     Args:
@@ -75,16 +78,44 @@ def make_train_step(loss: str | Callable = "cross_entropy", *, axis_name: str | 
         from a loss name; a callable loss counts no accuracy unless told.
       label_smoothing: for cross_entropy.
       l1, l2: coefficients of the L1 / L2 weight penalties (kernels only) added to the loss.
+      dp_clip_norm, dp_noise_multiplier: DP-SGD. With a clip norm, the gradient is the
+        clipped, noised mean of per-example gradients (see jnn.per_example); the model
+        must have no BatchNorm. Single-device or sharded jit only (no axis_name).
 
-    The dropout key of step t is fold_in(state.rng, t) (and the device index under
-    `axis_name`, so that devices drop different units).
+    The dropout key of step t is fold_in(state.rng, t), the same on every device:
+    jnn's models draw each example's mask from its global index (jnn.models.Dropout),
+    so pmap, sharded jit and one device drop the same units. A module of your own that
+    uses flax.linen.Dropout under pmap should use jnn.models.Dropout instead.
     """
     loss_fn, task = _resolve_loss(loss, task, label_smoothing)
+    if dp_clip_norm is not None:
+        if dp_clip_norm <= 0 or dp_noise_multiplier < 0:
+            raise ValueError("DP-SGD needs dp_clip_norm > 0 and dp_noise_multiplier >= 0")
+        if axis_name is not None:
+            raise ValueError("DP-SGD runs under jit or sharded jit, not with axis_name (pmap)")
+
+    def penalty(params):
+        value = jnp.zeros(())
+        if l1:
+            value += l1 * losses.l1_penalty(params)
+        if l2:
+            value += l2 * losses.l2_penalty(params)
+        return value
+
+    def dp_train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        example_rng, noise_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        grads, per_example, outputs = per_example_loss_grads(
+            state.apply_fn, state.params, state.batch_stats, batch["x"], batch["y"], loss_fn,
+            example_rng)
+        grads = clip_and_noise(grads, batch.get("mask"), clip_norm=dp_clip_norm,
+                               noise_multiplier=dp_noise_multiplier, rng=noise_rng)
+        if l1 or l2:
+            grads = jax.tree.map(jnp.add, grads, jax.grad(penalty)(state.params))
+        metrics = _batch_metrics(per_example, outputs, batch, task)
+        return state.apply_gradients(grads=grads), metrics
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)
-        if axis_name is not None:
-            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
         has_batch_stats = bool(state.batch_stats)
         mask = batch.get("mask")
         _, local_count = losses.masked_sum(jnp.zeros(batch["x"].shape[0]), mask)
@@ -103,11 +134,7 @@ def make_train_step(loss: str | Callable = "cross_entropy", *, axis_name: str | 
                                                   rngs={"dropout": rng}), {}
             per_example = loss_fn(outputs, batch["y"])  # (B,)
             local_sum, _ = losses.masked_sum(per_example, mask)
-            value = local_sum / jnp.maximum(global_count, 1.0)
-            if l1:
-                value += l1 * losses.l1_penalty(params) / num_shards
-            if l2:
-                value += l2 * losses.l2_penalty(params) / num_shards
+            value = local_sum / jnp.maximum(global_count, 1.0) + penalty(params) / num_shards
             return value, (per_example, outputs, updates)
 
         grads, (per_example, outputs, updates) = jax.grad(objective, has_aux=True)(state.params)
@@ -120,7 +147,7 @@ def make_train_step(loss: str | Callable = "cross_entropy", *, axis_name: str | 
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         return new_state, metrics
 
-    return train_step
+    return train_step if dp_clip_norm is None else dp_train_step
 
 
 def make_eval_step(loss: str | Callable = "cross_entropy", *, axis_name: str | None = None,

@@ -15,6 +15,7 @@ import flax.linen as nn
 
 from jnn.models.activations import activation_names, get_activation
 from jnn.models.cnn import CNN, CifarCNN
+from jnn.models.dropout import Dropout
 from jnn.models.initializers import get_initializer, initializer_names
 from jnn.models.mlp import MLP, ResMLP
 from jnn.models.pooling import max_pool_2x2
@@ -61,6 +62,6 @@ def get(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
-    "CNN", "CifarCNN", "MLP", "ResMLP", "activation_names", "get", "get_activation",
+    "CNN", "CifarCNN", "Dropout", "MLP", "ResMLP", "activation_names", "get", "get_activation",
     "get_initializer", "initializer_names", "max_pool_2x2", "names", "register",
 ]

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 
 from jnn.models.activations import get_activation
+from jnn.models.dropout import Dropout
 from jnn.models.initializers import get_initializer
 from jnn.models.pooling import max_pool_2x2
 
@@ -24,17 +25,23 @@ class CNN(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     kernel_init: str = "lecun_normal"
+    batch_norm: bool = False  # BatchNorm after the convolution (not in the seed)
+    axis_name: str | None = None  # the pmap batch axis: BatchNorm statistics and dropout
+    # masks then cover the global batch, as on one device
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act = get_activation(self.activation)
         init = get_initializer(self.kernel_init)
-        x = act(nn.Conv(self.features, (3, 3), padding="VALID", kernel_init=init)(x))
+        x = nn.Conv(self.features, (3, 3), padding="VALID", kernel_init=init)(x)
+        if self.batch_norm:
+            x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
+        x = act(x)
         x = max_pool_2x2(x)  # (B, H', W', features)
         x = x.reshape((x.shape[0], -1))
         x = act(nn.Dense(self.hidden, kernel_init=init)(x))
         if self.dropout_rate > 0:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = Dropout(self.dropout_rate, self.axis_name)(x, deterministic=not train)
         return nn.Dense(self.num_outputs, kernel_init=init)(x)
 
 
@@ -49,6 +56,7 @@ class CifarCNN(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     kernel_init: str = "lecun_normal"
+    axis_name: str | None = None  # the pmap batch axis, for split-invariant dropout
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -60,5 +68,5 @@ class CifarCNN(nn.Module):
         x = act(nn.Dense(120, kernel_init=init)(x))
         x = act(nn.Dense(84, kernel_init=init)(x))
         if self.dropout_rate > 0:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = Dropout(self.dropout_rate, self.axis_name)(x, deterministic=not train)
         return nn.Dense(self.num_outputs, kernel_init=init)(x)

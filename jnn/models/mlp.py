@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 
 from jnn.models.activations import get_activation
+from jnn.models.dropout import Dropout
 from jnn.models.initializers import get_initializer
 
 
@@ -23,6 +24,7 @@ class MLP(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     kernel_init: str = "lecun_normal"
+    axis_name: str | None = None  # the pmap batch axis, for split-invariant dropout
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -32,7 +34,7 @@ class MLP(nn.Module):
         for width in self.hidden_sizes:
             x = act(nn.Dense(width, kernel_init=init)(x))
             if self.dropout_rate > 0:
-                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+                x = Dropout(self.dropout_rate, self.axis_name)(x, deterministic=not train)
         return nn.Dense(self.num_outputs, kernel_init=init)(x)  # (B, num_outputs)
 
 

@@ -1,0 +1,158 @@
+"""Data parallelism: pmap, and jax.jit with a device Mesh and NamedSharding (the primary path).
+
+Sharded jit (recommended; works on one process or many):
+
+    mesh = jnn.parallel.make_mesh()                      # all devices, axis "data"
+    state = jnn.parallel.shard_state(state, mesh, fsdp=False)
+    step = jnn.parallel.jit_sharded(jnn.make_train_step(), state, mesh)
+    state, metrics = step(state, jnn.parallel.shard_batch(batch, mesh))
+
+The step is the single-device step: XLA partitions it over the mesh from the
+shardings, so its results equal a single-device run on the same global batches.
+With `fsdp=True` parameters and optimizer state are also split over the devices.
+
+pmap (offered because users ask for it; since JAX 0.8 it is jit(shard_map) and in
+maintenance mode):
+
+    step = jnn.parallel.pmap_train_step(jnn.make_train_step(axis_name="batch"))
+    state, metrics = step(jnn.parallel.replicate(state), jnn.parallel.split_batch(batch))
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+PMAP_AXIS = "batch"
+
+
+# ------------------------------------------------------------------------- pmap
+def replicate(tree, devices: Sequence[jax.Device] | None = None):
+    """Copies every leaf onto each local device: leaves gain a leading (num_devices,) axis."""
+    devices = list(devices or jax.local_devices())
+    sharding = NamedSharding(Mesh(np.asarray(devices), (PMAP_AXIS,)), P(PMAP_AXIS))
+    return jax.tree.map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x))),
+                                 sharding), tree)
+
+
+def unreplicate(tree):
+    """The first replica of a replicated pytree (the inverse of `replicate`)."""
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def split_batch(batch: dict, num_devices: int | None = None) -> dict:
+    """(B, ...) host arrays -> (num_devices, B / num_devices, ...) for pmap.
+
+    Raises:
+      ValueError: B does not divide over the devices (the message gives the nearest
+        batch sizes that do).
+    """
+    n = num_devices or jax.local_device_count()
+    size = len(batch["x"])
+    check_divisible(size, n)
+    return {k: np.reshape(v, (n, size // n, *np.shape(v)[1:])) for k, v in batch.items()}
+
+
+def check_divisible(batch_size: int, num_devices: int) -> None:
+    """Raises a one-line ValueError unless the global batch splits evenly over the devices."""
+    if batch_size % num_devices:
+        lower = batch_size - batch_size % num_devices
+        raise ValueError(
+            f"global batch size {batch_size} does not divide over {num_devices} devices; use "
+            f"--set batch_size={lower or num_devices} or {lower + num_devices} "
+            f"(or a per-device batch size)")
+
+
+def pmap_train_step(train_step: Callable, axis_name: str = PMAP_AXIS) -> Callable:
+    """jax.pmap of a step built with `make_train_step(axis_name=axis_name)`; donates the state."""
+    return jax.pmap(train_step, axis_name=axis_name, donate_argnums=0)
+
+
+def pmap_eval_step(eval_step: Callable, axis_name: str = PMAP_AXIS) -> Callable:
+    """jax.pmap of a step built with `make_eval_step(axis_name=axis_name)`."""
+    return jax.pmap(eval_step, axis_name=axis_name)
+
+
+# ------------------------------------------------------------------ sharded jit
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis "data" over `devices` (default: every device of every process)."""
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    return Mesh(devices, (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over "data"; the rest replicated."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def _fsdp_spec(shape: tuple[int, ...], num_devices: int, min_size: int) -> P:
+    # Split the largest axis that divides evenly; small arrays stay replicated.
+    if int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % num_devices == 0:
+            spec = [None] * len(shape)
+            spec[axis] = DATA_AXIS
+            return P(*spec)
+    return P()
+
+
+def state_shardings(state, mesh: Mesh, *, fsdp: bool = False, min_size: int = 2 ** 12):
+    """Shardings for every leaf of a train state: replicated, or with `fsdp` the params and
+    optimizer state split over "data" along their largest evenly divisible axis (arrays
+    under `min_size` elements stay replicated)."""
+    n = mesh.devices.size
+
+    def spec(x):
+        shape = np.shape(x)
+        return NamedSharding(mesh, _fsdp_spec(shape, n, min_size) if fsdp else P())
+
+    return jax.tree.map(spec, state)
+
+
+def shard_state(state, mesh: Mesh, *, fsdp: bool = False):
+    """Places a (host or single-device) train state on the mesh; see `state_shardings`."""
+    return jax.device_put(state, state_shardings(state, mesh, fsdp=fsdp))
+
+
+def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
+    """Makes global arrays split over "data" from this process's rows of the global batch.
+
+    On one process `local_batch` is the whole batch. With several processes each passes
+    its own contiguous slice (process p holds rows p*b .. p*b + b - 1, see
+    `process_slice`), and the result is the global batch of all processes.
+    """
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local_batch.items()}
+
+
+def process_slice(global_batch: dict, process_index: int | None = None,
+                  process_count: int | None = None) -> dict:
+    """This process's contiguous share of a global host batch (all of it on one process)."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    size = len(global_batch["x"])
+    check_divisible(size, count)
+    per = size // count
+    return {k: v[index * per:(index + 1) * per] for k, v in global_batch.items()}
+
+
+def jit_sharded(step: Callable, state, mesh: Mesh, *, fsdp: bool = False,
+                donate: bool = True) -> Callable:
+    """jax.jit of a single-device step `(state, batch) -> (state, metrics)` or
+    `(state, batch) -> metrics` with explicit shardings: state as `state_shardings`,
+    batch split over "data", metrics replicated. Donates the state when `donate`."""
+    shardings = state_shardings(state, mesh, fsdp=fsdp)
+    return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
+                   out_shardings=(shardings, replicated(mesh)) if donate else replicated(mesh),
+                   donate_argnums=0 if donate else ())

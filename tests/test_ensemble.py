@@ -1,0 +1,120 @@
+"""vmap: ensembles equal separate runs; per-example gradients average to the batch gradient; DP-SGD."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jnn
+from jnn import ensemble, per_example
+
+SEEDS = [3, 5, 7]
+
+
+def _batches(n=4, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(size=(size, 8, 8, 1)).astype(np.float32),
+             "y": rng.integers(0, 10, size=size)} for _ in range(n)]
+
+
+def _model():
+    return jnn.models.get("mlp", hidden_sizes=(32,), dropout_rate=0.3)
+
+
+def test_an_ensemble_equals_separate_runs_with_the_same_seeds():
+    batches, tx = _batches(), jnn.make_optimizer("adam", 1e-2)
+    scales = [1.0, 0.5, 2.0]
+    states = ensemble.create_ensemble_state(_model(), tx, SEEDS, np.zeros((1, 8, 8, 1)),
+                                            learning_rate_scales=scales)
+    step = jax.jit(ensemble.ensemble_step(jnn.make_train_step()))
+    for b in batches:
+        states, metrics = step(states, b)
+    assert metrics["loss_sum"].shape == (3,)
+    for k, (seed, scale) in enumerate(zip(SEEDS, scales)):
+        single_tx = optax.chain(tx, optax.scale(scale))
+        state = jnn.create_train_state(_model(), single_tx, jax.random.PRNGKey(seed),
+                                       np.zeros((1, 8, 8, 1)))
+        single = jax.jit(jnn.make_train_step())
+        for b in batches:
+            state, single_metrics = single(state, b)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                     ensemble.member(states, k).params, state.params)
+        np.testing.assert_allclose(metrics["loss_sum"][k], single_metrics["loss_sum"], rtol=1e-4)
+
+
+def test_ensemble_eval_reports_members_and_the_averaged_prediction():
+    states = ensemble.create_ensemble_state(_model(), jnn.make_optimizer("sgd", 0.1), SEEDS,
+                                            np.zeros((1, 8, 8, 1)))
+    b = jnn.data.pad_batch({k: v[:10] for k, v in _batches(1)[0].items()}, 16)
+    metrics = jax.jit(ensemble.make_ensemble_eval_step())(states, b)
+    outputs = [jnn.predict(ensemble.member(states, k), b["x"][:10]) for k in range(3)]
+    for k in range(3):
+        assert float(metrics["correct"][k]) == float((outputs[k].argmax(-1) == b["y"][:10]).sum())
+    probs = jnp.mean(jnp.stack([jax.nn.softmax(o) for o in outputs]), 0)
+    assert float(metrics["ensemble_correct"]) == float((probs.argmax(-1) == b["y"][:10]).sum())
+    assert float(metrics["ensemble_count"]) == 10
+
+
+def test_mismatched_learning_rate_scales_are_rejected():
+    with pytest.raises(ValueError, match="give one per member"):
+        ensemble.create_ensemble_state(_model(), jnn.make_optimizer("sgd", 0.1), SEEDS,
+                                       np.zeros((1, 8, 8, 1)), learning_rate_scales=[1.0])
+
+
+def test_the_mean_of_per_example_gradients_is_the_batch_gradient():
+    model = jnn.models.get("cnn")
+    b = _batches(1)[0]
+    state = jnn.create_train_state(model, jnn.make_optimizer("sgd", 0.1), jax.random.PRNGKey(0),
+                                   b["x"])
+    grads = per_example.per_example_grads(state, b)
+    assert jax.tree.leaves(grads)[0].shape[0] == 16
+
+    def batch_loss(p):
+        logits = model.apply({"params": p}, b["x"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"]).mean()
+
+    jax.tree.map(lambda g, ref: np.testing.assert_allclose(g.mean(0), ref, rtol=1e-4, atol=1e-6),
+                 grads, jax.grad(batch_loss)(state.params))
+
+
+def test_dp_sgd_without_clipping_or_noise_is_plain_sgd():
+    b = _batches(1)[0]
+    state = jnn.create_train_state(jnn.models.get("cnn"), jnn.make_optimizer("sgd", 0.1),
+                                   jax.random.PRNGKey(0), b["x"])
+    plain, _ = jax.jit(jnn.make_train_step())(state, b)
+    dp, _ = jax.jit(jnn.make_train_step(dp_clip_norm=1e6, dp_noise_multiplier=0.0))(state, b)
+    jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6),
+                 plain.params, dp.params)
+
+
+def test_dp_sgd_clips_each_example_and_ignores_padding():
+    b = jnn.data.pad_batch({k: v[:12] for k, v in _batches(1)[0].items()}, 16)
+    state = jnn.create_train_state(jnn.models.get("cnn"), jnn.make_optimizer("sgd", 1.0),
+                                   jax.random.PRNGKey(0), b["x"])
+    grads = per_example.per_example_grads(state, b)
+    norms = np.sqrt(sum((np.asarray(g).reshape(16, -1) ** 2).sum(1) for g in jax.tree.leaves(grads)))
+    clip = float(np.median(norms[:12]))
+    weights = np.minimum(1.0, clip / norms) * (np.arange(16) < 12)
+    expected = jax.tree.map(lambda p, g: p - np.tensordot(weights, g, axes=1) / 12,
+                            state.params, grads)
+    dp, _ = jax.jit(jnn.make_train_step(dp_clip_norm=clip))(state, b)
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-6),
+                 dp.params, expected)
+
+
+def test_dp_sgd_noise_has_the_requested_scale():
+    grads = {"w": jnp.zeros((4, 1000))}
+    out = per_example.clip_and_noise(grads, None, clip_norm=2.0, noise_multiplier=3.0,
+                                     rng=jax.random.PRNGKey(0))
+    assert abs(float(out["w"].std()) * 4 - 6.0) < 0.5
+
+
+def test_dp_sgd_rejects_batchnorm_and_bad_settings():
+    with pytest.raises(ValueError, match="dp_clip_norm > 0"):
+        jnn.make_train_step(dp_clip_norm=0.0)
+    state = jnn.create_train_state(jnn.models.get("cnn", batch_norm=True),
+                                   jnn.make_optimizer("sgd", 0.1), jax.random.PRNGKey(0),
+                                   np.zeros((1, 8, 8, 1)))
+    with pytest.raises(ValueError, match="without BatchNorm"):
+        jnn.make_train_step(dp_clip_norm=1.0)(state, _batches(1)[0])
