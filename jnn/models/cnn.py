@@ -33,7 +33,10 @@ class CNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act = get_activation(self.activation)
         init = get_initializer(self.kernel_init)
-        x = nn.Conv(self.features, (3, 3), padding="VALID", kernel_init=init)(x)
+        # A bias before BatchNorm is removed by its mean: its gradient is float noise,
+        # which Adam would amplify into full-size steps. BatchNorm's own bias replaces it.
+        x = nn.Conv(self.features, (3, 3), padding="VALID", use_bias=not self.batch_norm,
+                    kernel_init=init)(x)
         if self.batch_norm:
             x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
         x = act(x)
