@@ -137,6 +137,23 @@ def validate(config: dict) -> None:
     if not 0.0 <= config.get("validation_fraction", 0.0) < 1.0:
         raise ValueError("validation_fraction must be in [0, 1), got "
                          f"{config['validation_fraction']}")
+    if config["parallel"] not in ("auto", "none", "pmap", "shard"):
+        raise ValueError(f"unknown parallel mode {config['parallel']!r}; choose auto, none, pmap "
+                         "or shard (--parallel MODE)")
+    if type(config["ensemble"]) is not int or config["ensemble"] < 1:
+        raise ValueError(f"ensemble must be an integer >= 1, got {config['ensemble']!r}")
+    if config["ensemble"] > 1 and config["parallel"] == "pmap":
+        raise ValueError("an ensemble runs under jit or sharded jit, not pmap; use --parallel "
+                         "shard or --parallel none with --ensemble")
+    if config["fsdp"] and config["parallel"] in ("none", "pmap"):
+        raise ValueError("--fsdp shards parameters under sharded jit; use --parallel shard")
+    if type(config["per_device_batch_size"]) is not int or config["per_device_batch_size"] < 0:
+        raise ValueError("per_device_batch_size must be an integer >= 0, got "
+                         f"{config['per_device_batch_size']!r}")
+    scales = config["ensemble_learning_rate_scales"]
+    if scales is not None and len(scales) != config["ensemble"]:
+        raise ValueError(f"ensemble_learning_rate_scales has {len(scales)} values for "
+                         f"{config['ensemble']} members; give one per member")
     task = jnn.data.SPECS[config["dataset"]].task
     if (task == "regression") != (config["loss"] == "mse"):
         raise ValueError(f"dataset {config['dataset']!r} is a {task} task but loss is "

@@ -24,4 +24,12 @@ def base_config() -> dict:
         epochs=10,
         early_stopping_patience=0,  # stop after this many epochs without a better val loss; 0: off
         seed=0,
+        # transforms (see README): how the one pure step is run
+        parallel="auto",  # auto (shard when there are several devices), none, pmap, shard
+        fsdp=False,  # with shard: split params and optimizer state over the devices
+        per_device_batch_size=0,  # > 0: the global batch is this x the device count
+        ensemble=1,  # K > 1: train K members (seeds seed..seed+K-1) in one vmapped step
+        ensemble_learning_rate_scales=None,  # one learning-rate multiplier per member
+        dp_clip_norm=None,  # DP-SGD: clip each example's gradient to this L2 norm
+        dp_noise_multiplier=0.0,  # DP-SGD: noise std as a multiple of dp_clip_norm
     )

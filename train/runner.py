@@ -1,0 +1,147 @@
+"""How the harness runs the step: the model, optimizer and state of a config, and the
+transform around the pure step (plain jit, sharded jit, pmap, a vmapped ensemble).
+
+A `Runner` hides the transform from the loop: the loop hands it host batches of the
+global batch size and gets metric sums back, whatever the mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+import jnn
+from jnn import parallel
+
+
+# ----------------------------------------------------------- model and optimizer
+def make_model(config: dict, dataset: jnn.data.Dataset, axis_name: str | None = None):
+    """The config's model; under pmap it gets `axis_name` (BatchNorm, dropout) if it has one."""
+    kwargs = dict(config["model_kwargs"])
+    cls_fields = {f.name for f in dataclasses.fields(jnn.models._REGISTRY[config["model"]])}
+    if axis_name is not None and "axis_name" in cls_fields:
+        kwargs["axis_name"] = axis_name
+    return jnn.models.get(config["model"], num_outputs=dataset.num_outputs, **kwargs)
+
+
+def make_tx(config: dict, dataset: jnn.data.Dataset):
+    """The config's optimizer with its learning-rate schedule."""
+    batch_size = global_batch_size(config)
+    steps_per_epoch = jnn.data.num_batches(len(dataset.train["y"]), batch_size)
+    schedule = jnn.make_schedule(config["schedule"], config["learning_rate"],
+                                 steps_per_epoch=steps_per_epoch, epochs=config["epochs"],
+                                 **config["schedule_kwargs"])
+    return jnn.make_optimizer(config["optimizer"], schedule, momentum=config["momentum"],
+                              weight_decay=config["weight_decay"], clip_norm=config["clip_norm"])
+
+
+def make_state(config: dict, dataset: jnn.data.Dataset, axis_name: str | None = None):
+    """The initial train state (stacked over members when config["ensemble"] > 1)."""
+    model, tx = make_model(config, dataset, axis_name), make_tx(config, dataset)
+    sample_x = np.zeros((1, *dataset.input_shape), np.float32)
+    if config["ensemble"] > 1:
+        seeds = [config["seed"] + k for k in range(config["ensemble"])]
+        return jnn.ensemble.create_ensemble_state(
+            model, tx, seeds, sample_x, config["ensemble_learning_rate_scales"])
+    return jnn.create_train_state(model, tx, jax.random.PRNGKey(config["seed"]), sample_x)
+
+
+# -------------------------------------------------------------------- transforms
+def resolve_parallel(config: dict) -> str:
+    """"auto" is sharded jit over every device when there is more than one, else "none"."""
+    if config["parallel"] == "auto":
+        return "shard" if jax.device_count() > 1 else "none"
+    return config["parallel"]
+
+
+def global_batch_size(config: dict) -> int:
+    """batch_size, or per_device_batch_size x the number of devices when that is set."""
+    if config["per_device_batch_size"]:
+        mode = resolve_parallel(config)
+        devices = jax.device_count() if mode != "none" else 1
+        return config["per_device_batch_size"] * devices
+    return config["batch_size"]
+
+
+@dataclasses.dataclass
+class Runner:
+    mode: str  # "none", "shard" or "pmap"
+    devices: int
+    state: Any
+    train_step: Callable  # (state, placed batch) -> (state, metrics), compiled
+    eval_step: Callable  # (state, placed batch) -> metrics, compiled
+    place: Callable[[dict], Any]  # a host global batch -> the step's batch argument
+    reduce: Callable[[dict], dict]  # summed metrics -> plain sums (pmap: one replica)
+    timings: dict
+
+    def train(self, batch: dict):
+        self.state, metrics = self.train_step(self.state, self.place(batch))
+        return metrics
+
+    def evaluate(self, batch: dict):
+        return self.eval_step(self.state, self.place(batch))
+
+
+def _steps(config: dict, axis_name: str | None = None):
+    kwargs = dict(label_smoothing=config["label_smoothing"], l1=config["l1"], l2=config["l2"])
+    if config["dp_clip_norm"] is not None:
+        kwargs.update(dp_clip_norm=config["dp_clip_norm"],
+                      dp_noise_multiplier=config["dp_noise_multiplier"])
+    train_step = jnn.make_train_step(config["loss"], axis_name=axis_name, **kwargs)
+    if config["ensemble"] > 1:
+        return (jnn.ensemble.ensemble_step(train_step),
+                jnn.ensemble.make_ensemble_eval_step(config["loss"]))
+    return train_step, jnn.make_eval_step(config["loss"], axis_name=axis_name)
+
+
+def _compile(fn, *args) -> tuple[Callable, float, float]:
+    start = time.perf_counter()
+    lowered = fn.lower(*args)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, lowered_at - start, time.perf_counter() - lowered_at
+
+
+def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) -> Runner:
+    """Builds the state and compiles the train and eval steps ahead of time for the mode.
+
+    Compiled executables never recompile (a changed shape is an error instead).
+    """
+    mode = resolve_parallel(config)
+    batch_size = global_batch_size(config)
+    identity = lambda sums: sums  # noqa: E731
+    if mode == "none":
+        state = make_state(config, dataset)
+        train_fn, eval_fn = _steps(config)
+        train_jit, eval_jit = jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn)
+        place, reduce, devices = (lambda b: b), identity, 1
+    elif mode == "shard":
+        parallel.check_divisible(batch_size, jax.device_count())
+        mesh = parallel.make_mesh()
+        state = parallel.shard_state(make_state(config, dataset), mesh, fsdp=config["fsdp"])
+        train_fn, eval_fn = _steps(config)
+        train_jit = parallel.jit_sharded(train_fn, state, mesh, fsdp=config["fsdp"])
+        eval_jit = parallel.jit_sharded(eval_fn, state, mesh, fsdp=config["fsdp"], donate=False)
+        place = lambda b: parallel.shard_batch(parallel.process_slice(b), mesh)  # noqa: E731
+        reduce, devices = identity, jax.device_count()
+    elif mode == "pmap":
+        parallel.check_divisible(batch_size, jax.device_count())
+        state = parallel.replicate(make_state(config, dataset, axis_name=parallel.PMAP_AXIS))
+        train_fn, eval_fn = _steps(config, axis_name=parallel.PMAP_AXIS)
+        train_jit = parallel.pmap_train_step(train_fn)
+        eval_jit = parallel.pmap_eval_step(eval_fn)
+        place = lambda b: parallel.split_batch(parallel.process_slice(b))  # noqa: E731
+        reduce = lambda sums: {k: v[0] for k, v in sums.items()}  # noqa: E731
+        devices = jax.device_count()
+    else:
+        raise ValueError(f"unknown parallel mode {mode!r}; choose auto, none, pmap or shard")
+    placed = place(sample_batch)
+    train_step, train_lower, train_compile = _compile(train_jit, state, placed)
+    eval_step, eval_lower, eval_compile = _compile(eval_jit, state, placed)
+    timings = {"train_lower_s": train_lower, "train_compile_s": train_compile,
+               "eval_lower_s": eval_lower, "eval_compile_s": eval_compile}
+    return Runner(mode, devices, state, train_step, eval_step, place, reduce, timings)
