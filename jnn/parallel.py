@@ -120,8 +120,15 @@ def state_shardings(state, mesh: Mesh, *, fsdp: bool = False, min_size: int = 2 
 
 
 def shard_state(state, mesh: Mesh, *, fsdp: bool = False):
-    """Places a (host or single-device) train state on the mesh; see `state_shardings`."""
-    return jax.device_put(state, state_shardings(state, mesh, fsdp=fsdp))
+    """Places a (host or single-device) train state on the mesh; see `state_shardings`.
+
+    The result never shares buffers with `state`, so donating it to a sharded step
+    leaves `state` usable.
+    """
+    # device_put(..., may_alias=False) still shared device 0's buffer with a replicated
+    # placement in jax 0.10.2, so copy device arrays first.
+    private = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
+    return jax.device_put(private, state_shardings(state, mesh, fsdp=fsdp))
 
 
 def shard_batch(local_batch: dict, mesh: Mesh) -> dict:

@@ -140,3 +140,12 @@ def test_process_slice_gives_each_process_a_contiguous_share():
     shares = [parallel.process_slice(batch, i, 4)["y"] for i in range(4)]
     np.testing.assert_array_equal(np.concatenate(shares), np.arange(8))
     assert [len(s) for s in shares] == [2, 2, 2, 2]
+
+
+def test_donating_a_sharded_state_leaves_the_original_usable():
+    state = _state(MODELS["cnn"])
+    mesh = parallel.make_mesh()
+    sharded = parallel.shard_state(state, mesh)
+    step = parallel.jit_sharded(jnn.make_train_step(), sharded, mesh)
+    step(sharded, parallel.shard_batch(_batches(n=1)[0], mesh))
+    assert int(state.step) == 0 and np.isfinite(np.asarray(state.params["Dense_0"]["kernel"])).all()

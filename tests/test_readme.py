@@ -1,0 +1,39 @@
+"""The README's code runs as written."""
+
+import os
+import re
+
+import numpy as np
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def _python_block_after(heading: str) -> str:
+    text = open(README).read()
+    return re.search(re.escape(heading) + r".*?```python\n(.*?)```", text, re.S).group(1)
+
+
+def _batch(n=32):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def test_the_five_minute_tour_runs():
+    x, y = _batch()
+    ns = {"x": x, "y": y, "mask": np.ones(len(y), bool)}
+    exec(_python_block_after("## The library in five minutes"), ns)
+    assert int(ns["state"].step) == 1
+
+
+def test_the_transform_tour_runs_with_your_own_module():
+    x, y = _batch()
+    ns = {"x": x, "y": y}
+    exec(_python_block_after("## One step, every transform"), ns)
+    assert ns["metrics"]["loss_sum"].shape == (4,)  # the ensemble's
+    assert jax_tree_leading(ns["grads"]) == 32
+
+
+def jax_tree_leading(tree):
+    import jax
+
+    return jax.tree.leaves(tree)[0].shape[0]
