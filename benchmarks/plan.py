@@ -1,0 +1,44 @@
+"""Which measurements a run makes: every framework on the seed models and the residual-MLP
+depths, jnn's ensembles (vmap), and jnn's data parallelism over 1-8 devices."""
+
+from __future__ import annotations
+
+import fnmatch
+
+from benchmarks.frameworks import FRAMEWORKS
+
+SEED_MODELS = ("mlp", "cnn", "cifar_cnn")
+FULL_DEPTHS = (2, 8, 32, 128)
+QUICK_DEPTHS = (2, 8)
+ENSEMBLES = (1, 4, 16)
+DEVICE_COUNTS = (1, 2, 4, 8)
+BATCH = 128  # the seed's batch size
+
+
+def spec_name(spec: dict) -> str:
+    """framework/model/transform/devices/ensemble, the string --only patterns match."""
+    return (f"{spec['framework']}/{spec['model']}/{spec['transform']}/{spec['devices']}dev/"
+            f"k{spec['ensemble']}")
+
+
+def make_plan(*, quick: bool, only: str | None = None) -> list[dict]:
+    """The specs of a run, in order. `only`: an fnmatch pattern on `spec_name`."""
+    def spec(framework, model, transform="jit", devices=1, ensemble=1):
+        return {"framework": framework, "model": model, "transform": transform,
+                "devices": devices, "ensemble": ensemble, "batch": BATCH,
+                "warmup": 3 if quick else 5, "repeats": 10 if quick else 30}
+
+    depths = QUICK_DEPTHS if quick else FULL_DEPTHS
+    plan = [spec(f, m) for m in SEED_MODELS for f in FRAMEWORKS]
+    depth_frameworks = ("jnn", "flax") if quick else FRAMEWORKS
+    plan += [spec(f, f"resmlp-{d}") for d in depths for f in depth_frameworks]
+    ensemble_models = ("mlp",) if quick else SEED_MODELS
+    plan += [spec("jnn", m, "vmap", ensemble=k) for m in ensemble_models
+             for k in (ENSEMBLES[:2] if quick else ENSEMBLES)]
+    device_counts = (1, 2) if quick else DEVICE_COUNTS
+    parallel_models = ("mlp",) if quick else SEED_MODELS
+    plan += [spec("jnn", m, t, devices=n) for m in parallel_models for t in ("shard", "pmap")
+             for n in device_counts]
+    if only:
+        plan = [s for s in plan if fnmatch.fnmatch(spec_name(s), only)]
+    return plan

@@ -1,0 +1,207 @@
+"""results.md (tables with ratios to the hand-written Flax step and to PyTorch eager) and
+the PNG plots, from the records of one run."""
+
+from __future__ import annotations
+
+import os
+
+FRAMEWORK_ORDER = ("jnn", "flax", "nnx", "keras", "torch", "torch-compile")
+
+
+def _find(records, **match):
+    for r in records:
+        if all(r.get(k) == v for k, v in match.items()) and not r.get("error"):
+            return r
+    return None
+
+
+def _fmt(value, digits=2):
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(value, reference):
+    if value is None or not reference:
+        return "—"
+    return f"{value / reference:.2f}x"
+
+
+def compile_total(record) -> float | None:
+    """Cold trace + lower + compile seconds (what a user waits for before the first step)."""
+    if record is None or record.get("compile_s") is None:
+        return None
+    return sum(record[k] or 0.0 for k in ("trace_s", "lower_s", "compile_s"))
+
+
+def models_in(records, transform="jit"):
+    order = {"mlp": 0, "cnn": 1, "cifar_cnn": 2}
+    names = {r["model"] for r in records if r["transform"] == transform}
+    return sorted(names, key=lambda m: (order.get(m, 3), int(m.split("-")[1]) if "-" in m else 0))
+
+
+def headline_table(records, step="train") -> list[str]:
+    """Per model and framework: step ms (ratio to flax, to torch) and cold compile s (ratio)."""
+    lines = ["| model | framework | step ms | vs flax | vs torch | compile s | vs flax | warm compile s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for model in models_in(records):
+        flax = _find(records, framework="flax", model=model, transform="jit", step=step)
+        torch = _find(records, framework="torch", model=model, transform="jit", step=step)
+        for fw in FRAMEWORK_ORDER:
+            r = _find(records, framework=fw, model=model, transform="jit", step=step)
+            if r is None:
+                continue
+            lines.append(
+                f"| {model} | {fw} | {_fmt(r['step_ms'])} | "
+                f"{_ratio(r['step_ms'], flax and flax['step_ms'])} | "
+                f"{_ratio(r['step_ms'], torch and torch['step_ms'])} | "
+                f"{_fmt(compile_total(r))} | {_ratio(compile_total(r), compile_total(flax))} | "
+                f"{_fmt(r['compile_warm_s'])} |")
+    return lines
+
+
+def compile_phase_table(records) -> list[str]:
+    lines = ["| model | framework | step | trace s | lower s | compile s | warm compile s |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for model in models_in(records):
+        for fw in FRAMEWORK_ORDER:
+            for step in ("train", "eval"):
+                r = _find(records, framework=fw, model=model, transform="jit", step=step)
+                if r is not None and r["compile_s"] is not None:
+                    lines.append(f"| {model} | {fw} | {step} | {_fmt(r['trace_s'], 3)} | "
+                                 f"{_fmt(r['lower_s'], 3)} | {_fmt(r['compile_s'], 3)} | "
+                                 f"{_fmt(r['compile_warm_s'], 3)} |")
+    return lines
+
+
+def transform_table(records) -> list[str]:
+    lines = ["| model | transform | devices | ensemble | step ms | examples/s | compile s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in records:
+        if r["framework"] == "jnn" and r["transform"] != "jit" and r["step"] == "train" \
+                and not r.get("error"):
+            lines.append(f"| {r['model']} | {r['transform']} | {r['devices']} | {r['ensemble']} | "
+                         f"{_fmt(r['step_ms'])} | {_fmt(r['examples_per_s'], 0)} | "
+                         f"{_fmt(compile_total(r))} |")
+    return lines
+
+
+def write_markdown(results: dict, path: str) -> None:
+    records, machine = results["records"], results["machine"]
+    errors = [r for r in records if r.get("error")]
+    text = [
+        "# jnn benchmarks",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, devices {machine['devices']}; "
+        f"versions {machine['versions']}.",
+        f"Command: `{results['command']}`; batch {results['settings']['batch']}, "
+        f"{results['settings']['repeats']} timed steps after {results['settings']['warmup']} "
+        "warm-up steps; each measurement in a fresh process.",
+        "",
+        "Ratios are this framework's time over the reference's in the same run (below 1: "
+        "faster). Compile s is trace + lower + compile, cold (empty persistent cache); warm "
+        "compile s is the compile phase in a second process with the persistent cache filled "
+        "(JAX's compilation cache; torch's inductor cache). Keras and torch.compile compile on "
+        "the first call: their compile s is the first call minus a steady step. The flax peer "
+        "is the hand-written Linen + Optax step with `nn.max_pool`; jnn pools with "
+        "`jnn.models.max_pool_2x2`.",
+        "",
+        "## Train step, one device",
+        "",
+        *headline_table(records, "train"),
+        "",
+        "## Eval step, one device",
+        "",
+        *headline_table(records, "eval"),
+        "",
+        "## Compile phases",
+        "",
+        *compile_phase_table(records),
+        "",
+        "## jnn under vmap (ensembles), pmap and sharded jit",
+        "",
+        "Devices here are forced CPU devices (`--xla_force_host_platform_device_count`): they "
+        "share the same cores, so more devices cannot add throughput on a CPU; the rows show "
+        "the transforms' overhead, not scaling. The global batch is 128.",
+        "",
+        *transform_table(records),
+    ]
+    if errors:
+        text += ["", "## Errors", ""] + [f"- {r['framework']}/{r['model']}/{r['transform']}: "
+                                          f"{r['error']}" for r in errors]
+    with open(path, "w") as f:
+        f.write("\n".join(text) + "\n")
+
+
+def _plain_ticks(ax, xticks) -> None:
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xticks(xticks, [str(t) for t in xticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if ax.get_yscale() == "log":
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def write_plots(results: dict, out_dir: str) -> list[str]:
+    """compile_vs_depth.png, step_time.png, throughput_vs_devices.png; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in results["records"] if not r.get("error") and r["step"] == "train"]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for fw in FRAMEWORK_ORDER:
+        points = sorted((int(r["model"].split("-")[1]), compile_total(r)) for r in records
+                        if r["framework"] == fw and r["model"].startswith("resmlp-")
+                        and r["transform"] == "jit" and compile_total(r) is not None)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=fw)
+    ax.set(xscale="log", yscale="log", xlabel="residual blocks (depth)",
+           ylabel="cold compile time, s (trace+lower+compile)",
+           title="Train-step compile time vs depth")
+    _plain_ticks(ax, [2, 8, 32, 128])
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    paths.append(os.path.join(out_dir, "compile_vs_depth.png"))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    models = models_in(records)
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(models)), 4.5))
+    width = 0.8 / len(FRAMEWORK_ORDER)
+    for i, fw in enumerate(FRAMEWORK_ORDER):
+        values = []
+        for model in models:
+            r = _find(records, framework=fw, model=model, transform="jit", step="train")
+            values.append(r["step_ms"] if r else 0.0)
+        ax.bar([m + i * width for m in range(len(models))], values, width, label=fw)
+    ax.set_xticks([m + 0.4 - width / 2 for m in range(len(models))], models, rotation=20)
+    ax.set(yscale="log", ylabel="train step, ms (median)", title="Step time per model")
+    ax.legend(fontsize=8)
+    paths.append(os.path.join(out_dir, "step_time.png"))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model in sorted(set(models_in(records, "shard")) | set(models_in(records, "pmap"))):
+        for transform in ("shard", "pmap"):
+            points = sorted((r["devices"], r["examples_per_s"]) for r in records
+                            if r["model"] == model and r["transform"] == transform)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=f"{model} {transform}")
+    ax.set(xscale="log", xlabel="devices", ylabel="examples / s",
+           title="Throughput vs device count (CPU devices share the same cores)")
+    _plain_ticks(ax, [1, 2, 4, 8])
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    paths.append(os.path.join(out_dir, "throughput_vs_devices.png"))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,39 @@
+"""The shape of results.json, checked by the tests and by every run before it writes."""
+
+from __future__ import annotations
+
+NUMBER_OR_NULL = (int, float, type(None))
+RECORD_FIELDS = {
+    "framework": str, "model": str, "transform": str, "devices": int, "ensemble": int,
+    "batch": int, "step": str, "parameters": int,
+    "trace_s": NUMBER_OR_NULL, "lower_s": NUMBER_OR_NULL, "compile_s": NUMBER_OR_NULL,
+    "compile_warm_s": NUMBER_OR_NULL, "step_ms": NUMBER_OR_NULL, "step_ms_min": NUMBER_OR_NULL,
+    "step_ms_max": NUMBER_OR_NULL, "examples_per_s": NUMBER_OR_NULL,
+}
+TRANSFORMS = ("jit", "vmap", "pmap", "shard")
+
+
+def record_problems(record: dict) -> list[str]:
+    """What is wrong with one record (an error record needs only its identity fields)."""
+    problems = []
+    fields = RECORD_FIELDS
+    if record.get("error"):
+        fields = {k: RECORD_FIELDS[k] for k in ("framework", "model", "transform", "devices",
+                                                "ensemble", "batch", "step")}
+    for name, kind in fields.items():
+        if name not in record:
+            problems.append(f"missing {name}")
+        elif not isinstance(record[name], kind):
+            problems.append(f"{name}={record[name]!r} is not {kind}")
+    if record.get("transform") not in TRANSFORMS:
+        problems.append(f"transform {record.get('transform')!r} is not one of {TRANSFORMS}")
+    return problems
+
+
+def results_problems(results: dict) -> list[str]:
+    """What is wrong with a whole results.json object."""
+    problems = [f"missing {k}" for k in ("machine", "command", "settings", "records")
+                if k not in results]
+    for i, record in enumerate(results.get("records", [])):
+        problems += [f"record {i}: {p}" for p in record_problems(record)]
+    return problems

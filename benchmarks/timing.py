@@ -1,0 +1,51 @@
+"""Measuring functions: ahead-of-time compile phases and step-time statistics."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+
+def compile_phases(jitted, *args) -> tuple[Any, dict[str, float | None]]:
+    """Traces, lowers and compiles a jitted function for `args`; returns the executable and
+    the seconds of each phase. Functions without `.trace` report trace and lower together
+    as lower_s (trace_s None)."""
+    start = time.perf_counter()
+    if hasattr(jitted, "trace"):
+        traced = jitted.trace(*args)
+        traced_at = time.perf_counter()
+        lowered = traced.lower()
+        trace_s = traced_at - start
+    else:
+        traced_at = start
+        lowered = jitted.lower(*args)
+        trace_s = None
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    done = time.perf_counter()
+    return compiled, {"trace_s": trace_s, "lower_s": lowered_at - traced_at,
+                      "compile_s": done - lowered_at}
+
+
+def step_times(step: Callable[[], Any], *, warmup: int, repeats: int) -> dict[str, float]:
+    """Runs `step` (which must block until its work is done) `warmup` times unmeasured, then
+    `repeats` times measured; returns median, min and max milliseconds per step."""
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"step_ms": statistics.median(times), "step_ms_min": min(times),
+            "step_ms_max": max(times)}
+
+
+def first_call_overhead(step: Callable[[], Any]) -> float:
+    """Seconds of one (first) call: for frameworks that compile on first use."""
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
