@@ -69,6 +69,20 @@ def check_parameter_counts(records: list[dict]) -> list[str]:
     return problems
 
 
+def write_report(out: str) -> int:
+    """results.md and the plots of an existing DIR/results.json."""
+    path = os.path.join(out, "results.json")
+    if not os.path.exists(path):
+        print(f"error: no {path}; run python -m benchmarks --out {out} first", file=sys.stderr)
+        return 2
+    with open(path) as f:
+        results = json.load(f)
+    report.write_markdown(results, os.path.join(out, "results.md"))
+    plots = report.write_plots(results, out)
+    print(f"wrote {out}/results.md, " + ", ".join(os.path.basename(p) for p in plots))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description=__doc__.splitlines()[0])
@@ -77,7 +91,11 @@ def main(argv=None) -> int:
                         help="fnmatch on framework/model/transform/Ndev/kK, e.g. 'jnn/*'")
     parser.add_argument("--out", default=None, help="output folder (default: "
                         "benchmarks/results/<machine>)")
+    parser.add_argument("--report", metavar="DIR", help="only rewrite DIR/results.md and the "
+                        "plots from DIR/results.json (no measuring)")
     args = parser.parse_args(argv)
+    if args.report:
+        return write_report(args.report)
 
     specs = plan.make_plan(quick=args.quick, only=args.only)
     if not specs:
@@ -109,9 +127,8 @@ def main(argv=None) -> int:
         raise AssertionError(f"results do not fit the schema: {problems[:5]}")
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    report.write_markdown(results, os.path.join(out, "results.md"))
-    plots = report.write_plots(results, out)
-    print(f"wrote {out}/results.json, results.md, " + ", ".join(os.path.basename(p) for p in plots))
+    print(f"wrote {out}/results.json")
+    write_report(out)
     for problem in results["parameter_count_problems"]:
         print(f"parameter count mismatch: {problem}", file=sys.stderr)
     failed = [r for r in records if r.get("error")]

@@ -194,7 +194,7 @@ def write_plots(results: dict, out_dir: str) -> list[str]:
                             if r["model"] == model and r["transform"] == transform)
             if points:
                 ax.plot(*zip(*points), marker="o", label=f"{model} {transform}")
-    ax.set(xscale="log", xlabel="devices", ylabel="examples / s",
+    ax.set(xscale="log", yscale="log", xlabel="devices", ylabel="examples / s",
            title="Throughput vs device count (CPU devices share the same cores)")
     _plain_ticks(ax, [1, 2, 4, 8])
     if ax.get_legend_handles_labels()[0]:

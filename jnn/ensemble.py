@@ -20,7 +20,7 @@ import optax
 
 from jnn import losses
 from jnn.state import TrainState, create_train_state
-from jnn.step import _resolve_loss, predict
+from jnn.step import resolve_loss, predict
 
 
 def with_learning_rate_scale(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -62,7 +62,7 @@ def make_ensemble_eval_step(loss="cross_entropy", *, task: str | None = None) ->
     """`(states, batch) -> metrics`: each member's sums with a (K,) axis (loss_sum, count,
     correct) plus the averaged prediction's `ensemble_loss_sum` and, for classification,
     `ensemble_correct` (argmax of the mean of the members' softmax outputs)."""
-    loss_fn, task = _resolve_loss(loss, task, 0.0)
+    loss_fn, task = resolve_loss(loss, task, 0.0)
 
     def eval_step(states: TrainState, batch: dict) -> dict:
         outputs = jax.vmap(predict, in_axes=(0, None))(states, batch["x"])  # (K, B, ...)

@@ -41,9 +41,9 @@ def per_example_loss_grads(apply_fn, params, batch_stats, x, y, loss_fn, rng):
 def per_example_grads(state: TrainState, batch: dict, loss="cross_entropy"):
     """The gradient of each example's loss at `state.params`: a params-shaped pytree whose
     leaves have a leading (B,) axis. Their mean over the batch is the batch gradient."""
-    from jnn.step import _resolve_loss
+    from jnn.step import resolve_loss
 
-    loss_fn, _ = _resolve_loss(loss, None, 0.0)
+    loss_fn, _ = resolve_loss(loss, None, 0.0)
     rng = jax.random.fold_in(state.rng, state.step)
     grads, _, _ = per_example_loss_grads(state.apply_fn, state.params, state.batch_stats,
                                          batch["x"], batch["y"], loss_fn, rng)

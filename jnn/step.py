@@ -29,7 +29,8 @@ _TASK_OF_LOSS = {"cross_entropy": "classification", "binary_cross_entropy": "bin
                  "mse": "regression"}
 
 
-def _resolve_loss(loss, task, label_smoothing):
+def resolve_loss(loss, task, label_smoothing):
+    """(per-example loss function, task) for a loss name or callable; see make_train_step."""
     if isinstance(loss, str):
         kwargs = {"label_smoothing": label_smoothing} if label_smoothing else {}
         return losses.get_loss(loss, **kwargs), task or _TASK_OF_LOSS[loss]
@@ -87,7 +88,7 @@ def make_train_step(loss: str | Callable = "cross_entropy", *, axis_name: str | 
     so pmap, sharded jit and one device drop the same units. A module of your own that
     uses flax.linen.Dropout under pmap should use jnn.models.Dropout instead.
     """
-    loss_fn, task = _resolve_loss(loss, task, label_smoothing)
+    loss_fn, task = resolve_loss(loss, task, label_smoothing)
     if dp_clip_norm is not None:
         if dp_clip_norm <= 0 or dp_noise_multiplier < 0:
             raise ValueError("DP-SGD needs dp_clip_norm > 0 and dp_noise_multiplier >= 0")
@@ -153,7 +154,7 @@ def make_train_step(loss: str | Callable = "cross_entropy", *, axis_name: str | 
 def make_eval_step(loss: str | Callable = "cross_entropy", *, axis_name: str | None = None,
                    task: str | None = None) -> Callable[[TrainState, Batch], Metrics]:
     """Returns `eval_step(state, batch) -> metrics` (sums and counts; see make_train_step)."""
-    loss_fn, task = _resolve_loss(loss, task, 0.0)
+    loss_fn, task = resolve_loss(loss, task, 0.0)
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         outputs = predict(state, batch["x"])

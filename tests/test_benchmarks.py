@@ -147,3 +147,11 @@ def test_quick_smoke_on_the_smallest_model_writes_all_outputs(tmp_path):
 def test_an_only_pattern_that_matches_nothing_is_a_clear_error(capsys):
     assert bench_main.main(["--only", "nothing/*"]) == 2
     assert "matches no measurement" in capsys.readouterr().err
+
+
+def test_report_only_redraws_from_an_existing_results_json(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps(_synthetic_results()))
+    assert bench_main.main(["--report", str(tmp_path)]) == 0
+    assert (tmp_path / "results.md").exists() and (tmp_path / "compile_vs_depth.png").exists()
+    assert bench_main.main(["--report", str(tmp_path / "missing")]) == 2
+    assert "run python -m benchmarks --out" in capsys.readouterr().err
