@@ -65,3 +65,13 @@ def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
                     optimizer="sgd")
     summary = train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
     assert summary["epochs"] < 50
+
+
+def test_a_second_run_in_the_same_workdir_keeps_the_first_runs_outputs(tmp_path):
+    config = _short("digits_mlp")
+    train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
+    first = (tmp_path / "summary.json").read_text()
+    train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
+    assert (tmp_path / "previous-1" / "summary.json").read_text() == first
+    assert (tmp_path / "previous-1" / "metrics.jsonl").exists()
+    assert (tmp_path / "summary.json").exists()

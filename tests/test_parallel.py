@@ -54,19 +54,32 @@ def _assert_same(state_a, metrics_a, state_b, metrics_b):
         np.testing.assert_allclose(metrics_a[key], metrics_b[key], rtol=1e-5)
 
 
-@pytest.mark.parametrize("model", sorted(MODELS))
-@pytest.mark.parametrize("fsdp", [False, True])
-def test_sharded_jit_equals_the_single_device_step(model, fsdp):
-    batches = _batches()
-    expected = _single_device(MODELS[model], batches)
+def _sharded(model_kwargs, batches, fsdp=False):
     mesh = parallel.make_mesh()
-    state = parallel.shard_state(_state(MODELS[model]), mesh, fsdp=fsdp)
+    state = parallel.shard_state(_state(model_kwargs), mesh, fsdp=fsdp)
     step = parallel.jit_sharded(jnn.make_train_step(), state, mesh, fsdp=fsdp)
     metrics = []
     for b in batches:
         state, m = step(state, parallel.shard_batch(b, mesh))
         metrics.append(m)
-    _assert_same(*expected, state, jnn.sum_metrics(metrics))
+    return state, jnn.sum_metrics(metrics)
+
+
+def _pmapped(model_kwargs, batches):
+    state = parallel.replicate(_state(model_kwargs, axis_name=parallel.PMAP_AXIS))
+    step = parallel.pmap_train_step(jnn.make_train_step(axis_name=parallel.PMAP_AXIS))
+    metrics = []
+    for b in batches:
+        state, m = step(state, parallel.split_batch(b))
+        metrics.append(parallel.unreplicate(m))
+    return parallel.unreplicate(state), jnn.sum_metrics(metrics)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_sharded_jit_equals_the_single_device_step(model, fsdp):
+    batches = _batches()
+    _assert_same(*_single_device(MODELS[model], batches), *_sharded(MODELS[model], batches, fsdp))
 
 
 def test_fsdp_splits_large_parameters_over_the_devices():
@@ -82,14 +95,7 @@ def test_fsdp_splits_large_parameters_over_the_devices():
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_pmap_equals_the_single_device_step(model):
     batches = _batches()
-    expected = _single_device(MODELS[model], batches)
-    state = parallel.replicate(_state(MODELS[model], axis_name=parallel.PMAP_AXIS))
-    step = parallel.pmap_train_step(jnn.make_train_step(axis_name=parallel.PMAP_AXIS))
-    metrics = []
-    for b in batches:
-        state, m = step(state, parallel.split_batch(b))
-        metrics.append(parallel.unreplicate(m))
-    _assert_same(*expected, parallel.unreplicate(state), jnn.sum_metrics(metrics))
+    _assert_same(*_single_device(MODELS[model], batches), *_pmapped(MODELS[model], batches))
 
 
 def test_masking_stays_exact_when_the_last_batch_is_split_over_devices():
@@ -97,22 +103,10 @@ def test_masking_stays_exact_when_the_last_batch_is_split_over_devices():
     batches = _batches(real=11)
     unpadded = batches[:-1] + [{k: v[:11] for k, v in batches[-1].items() if k != "mask"}]
     expected = _single_device(MODELS["cnn"], unpadded)
-    state = parallel.replicate(_state(MODELS["cnn"], axis_name=parallel.PMAP_AXIS))
-    step = parallel.pmap_train_step(jnn.make_train_step(axis_name=parallel.PMAP_AXIS))
-    pmap_metrics = []
-    for b in batches:
-        state, m = step(state, parallel.split_batch(b))
-        pmap_metrics.append(parallel.unreplicate(m))
-    _assert_same(*expected, parallel.unreplicate(state), jnn.sum_metrics(pmap_metrics))
-    mesh = parallel.make_mesh()
-    state = parallel.shard_state(_state(MODELS["cnn"]), mesh)
-    step = parallel.jit_sharded(jnn.make_train_step(), state, mesh)
-    shard_metrics = []
-    for b in batches:
-        state, m = step(state, parallel.shard_batch(b, mesh))
-        shard_metrics.append(m)
-    _assert_same(*expected, state, jnn.sum_metrics(shard_metrics))
-    assert jnn.sum_metrics(shard_metrics)["count"] == 32 * 2 + 11
+    _assert_same(*expected, *_pmapped(MODELS["cnn"], batches))
+    sharded_state, sharded_metrics = _sharded(MODELS["cnn"], batches)
+    _assert_same(*expected, sharded_state, sharded_metrics)
+    assert sharded_metrics["count"] == 32 * 2 + 11
 
 
 def test_pmap_and_sharded_eval_steps_sum_like_one_device():

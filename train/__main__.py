@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:  # jnn.data.DatasetUnavailableError included
         if args.traceback:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)  # always one line
         return 2
     import jax
 

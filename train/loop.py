@@ -69,6 +69,22 @@ def _report(sums: dict, dataset: jnn.data.Dataset, prefix: str) -> dict:
     return out
 
 
+def _keep_previous_run(workdir: str) -> str | None:
+    """Moves an earlier run's outputs into workdir/previous-N/ so that nothing saved is lost;
+    returns that folder (None when there was nothing to keep)."""
+    outputs = [n for n in ("summary.json", "metrics.jsonl") if os.path.exists(os.path.join(workdir, n))]
+    if not outputs:
+        return None
+    n = 1
+    while os.path.exists(os.path.join(workdir, f"previous-{n}")):
+        n += 1
+    keep = os.path.join(workdir, f"previous-{n}")
+    os.makedirs(keep)
+    for name in outputs:
+        os.replace(os.path.join(workdir, name), os.path.join(keep, name))
+    return keep
+
+
 def _write_json(path: str, value) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -100,6 +116,9 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     if lead:
         os.makedirs(workdir, exist_ok=True)
+        kept = _keep_previous_run(workdir)
+        if kept:
+            log(f"the earlier run's outputs in {workdir} moved to {kept}")
         open(metrics_path, "w").close()
     history, best = [], {"epoch": -1, "val_loss": float("inf")}
     bar = tqdm(total=config["epochs"] * steps_per_epoch, unit="step", leave=False,

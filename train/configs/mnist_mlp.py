@@ -2,8 +2,9 @@
 
     python -m train --config mnist_mlp   # needs MNIST prepared (see README)
 
-Expected: test accuracy about 92-93% (plain SGD at lr 0.01 is slow to converge);
-a few seconds an epoch on 2 CPU cores.
+Expected: not yet measured on this project's machines (they cannot download MNIST);
+plain SGD at lr 0.01 converges slowly, so expect low-90s accuracy after 10 epochs. The
+step takes about 0.5 ms per batch of 128 on 2 CPU cores.
 """
 
 from train.configs.base import base_config
