@@ -38,6 +38,14 @@ def test_list_names_every_config(capsys):
     assert "digits_cnn" in out and "diabetes_mlp" in out
 
 
+def test_a_missing_dataset_prints_exactly_one_line_from_a_real_process(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "train", "--config", "mnist_cnn", "--set",
+                             f"data_dir={tmp_path}", "--workdir", str(tmp_path / "run")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "tfds build mnist" in result.stderr
+
+
 def test_the_process_exit_code_is_non_zero_on_bad_input():
     result = subprocess.run([sys.executable, "-m", "train", "--set", "model=nope"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)

@@ -75,6 +75,17 @@ def _initialize_distributed(args) -> None:
                                    process_id=args.process_id)
 
 
+def _quiet_libraries() -> None:
+    # tfds logs through absl (warnings about dataset folders, "downloading and preparing")
+    # and draws its own progress bars; the harness reports what matters itself.
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+
+
 def main(argv=None) -> int:
     args = _parse_args(argv)
     from train import config as configs
@@ -92,6 +103,7 @@ def main(argv=None) -> int:
             print(json.dumps(config, indent=2))
             return 0
         _initialize_distributed(args)
+        _quiet_libraries()
         from train.loop import train_and_evaluate
 
         workdir = args.workdir or os.path.join("runs", args.config)

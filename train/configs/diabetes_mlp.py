@@ -3,8 +3,9 @@ house-price regression, with data that ships offline).
 
     python -m train --config diabetes_mlp
 
-Expected: test MSE about 2900 against about 5300 for predicting the training mean
-(targets are standardised for training; MSE is reported in the original units).
+Expected: test MSE 3499 against 5128 for predicting the training mean (measured
+with seed 0; early stopping ends it near epoch 45, about 5 s on 2 CPU cores). Targets
+are standardised for training; MSE is reported in the original units.
 """
 
 from train.configs.base import base_config
