@@ -18,18 +18,26 @@ def batches(n=4, size=16):
              "y": rng.integers(0, 10, size=size)} for _ in range(n)]
 
 
-def train(mesh, fsdp: bool) -> dict:
+def initial_state():
+    import jax
+
+    import jnn
+
+    model = jnn.models.get("cnn", batch_norm=True, dropout_rate=0.3)
+    return jnn.create_train_state(model, jnn.make_optimizer("adam", 1e-2), jax.random.PRNGKey(0),
+                                  np.zeros((1, 8, 8, 1), np.float32))
+
+
+def train(mesh, fsdp: bool, checkpoint_path: str | None = None) -> dict:
     """A few data-parallel steps of a CNN with BatchNorm and dropout on `mesh`; the final
-    parameters and metric sums as flat host arrays."""
+    parameters and metric sums as flat host arrays. With `checkpoint_path`, every process
+    also takes part in saving the final state there with orbax."""
     import jax
 
     import jnn
     from jax.experimental import multihost_utils
 
-    model = jnn.models.get("cnn", batch_norm=True, dropout_rate=0.3)
-    state = jnn.create_train_state(model, jnn.make_optimizer("adam", 1e-2), jax.random.PRNGKey(0),
-                                   np.zeros((1, 8, 8, 1), np.float32))
-    state = jnn.parallel.shard_state(state, mesh, fsdp=fsdp)
+    state = jnn.parallel.shard_state(initial_state(), mesh, fsdp=fsdp)
     step = jnn.parallel.jit_sharded(jnn.make_train_step(), state, mesh, fsdp=fsdp)
     metrics = []
     for batch in batches():
@@ -41,6 +49,10 @@ def train(mesh, fsdp: bool) -> dict:
            for path, x in leaves}
     sums = jnn.sum_metrics([multihost_utils.process_allgather(m, tiled=True) for m in metrics])
     out.update({f"metric/{k}": v for k, v in sums.items()})
+    if checkpoint_path is not None:
+        from train.checkpoint import save_state
+
+        save_state(checkpoint_path, state)
     return out
 
 
@@ -52,7 +64,7 @@ def main(process_id: int, port: int, out_path: str, fsdp: bool) -> None:
     assert jax.device_count() == 4 and jax.local_device_count() == 2
     import jnn
 
-    result = train(jnn.parallel.make_mesh(), fsdp)
+    result = train(jnn.parallel.make_mesh(), fsdp, checkpoint_path=out_path + ".checkpoint")
     if jax.process_index() == 0:
         np.savez(out_path, **result)
     jax.distributed.shutdown()

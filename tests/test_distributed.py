@@ -44,15 +44,26 @@ def _run_two_processes(tmp_path, fsdp: bool) -> dict:
                 p.wait()
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
-    return dict(np.load(out))
+    return dict(np.load(out)), str(out) + ".checkpoint"
 
 
 @pytest.mark.parametrize("fsdp", [False, True])
 def test_two_processes_train_like_one_process_with_four_devices(tmp_path, fsdp):
-    got = _run_two_processes(tmp_path, fsdp)
+    got, _ = _run_two_processes(tmp_path, fsdp)
     expected = distributed_worker.train(jnn.parallel.make_mesh(jax.devices()[:4]), fsdp)
     assert got.keys() == expected.keys()
     mismatched = [k for k in expected
                   if not np.allclose(got[k], expected[k], rtol=1e-4, atol=1e-5)]
     assert not mismatched
     assert got["metric/count"] == 4 * 16
+
+
+def test_two_processes_write_one_checkpoint_that_restores_the_trained_parameters(tmp_path):
+    from train.checkpoint import restore_state
+
+    got, checkpoint = _run_two_processes(tmp_path, fsdp=True)
+    restored = restore_state(checkpoint, distributed_worker.initial_state())
+    leaves = jax.tree_util.tree_flatten_with_path(restored.params)[0]
+    for path, value in leaves:
+        np.testing.assert_allclose(np.asarray(value), got[jax.tree_util.keystr(path)], rtol=1e-6)
+    assert int(restored.step) == 4

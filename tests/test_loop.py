@@ -75,3 +75,28 @@ def test_a_second_run_in_the_same_workdir_keeps_the_first_runs_outputs(tmp_path)
     assert (tmp_path / "previous-1" / "summary.json").read_text() == first
     assert (tmp_path / "previous-1" / "metrics.jsonl").exists()
     assert (tmp_path / "summary.json").exists()
+
+
+def test_the_saved_checkpoint_restores_the_trained_state(tmp_path):
+    import jax
+
+    import jnn
+    from train.checkpoint import restore_state
+    from train.loop import make_batches
+    from train.runner import make_state
+
+    config = _short("digits_mlp", parallel="none")
+    summary = train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
+    dataset = jnn.data.load("digits")
+    state = restore_state(summary["checkpoint"], make_state(config, dataset))
+    assert int(state.step) == summary["steps"]
+    eval_step = jax.jit(jnn.make_eval_step())
+    sums = jnn.sum_metrics(eval_step(state, b) for b in make_batches(config, dataset, "test"))
+    assert jnn.summarize(sums)["accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+def test_restoring_from_a_missing_checkpoint_names_the_fix(tmp_path):
+    from train.checkpoint import restore_state
+
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        restore_state(str(tmp_path / "nothing"), None)

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import jnn
+from train.checkpoint import save_state
 from train.config import validate
 from train.runner import build_runner, global_batch_size
 
@@ -72,7 +73,8 @@ def _report(sums: dict, dataset: jnn.data.Dataset, prefix: str) -> dict:
 def _keep_previous_run(workdir: str) -> str | None:
     """Moves an earlier run's outputs into workdir/previous-N/ so that nothing saved is lost;
     returns that folder (None when there was nothing to keep)."""
-    outputs = [n for n in ("summary.json", "metrics.jsonl") if os.path.exists(os.path.join(workdir, n))]
+    outputs = [n for n in ("summary.json", "metrics.jsonl", "checkpoint")
+               if os.path.exists(os.path.join(workdir, n))]
     if not outputs:
         return None
     n = 1
@@ -160,6 +162,9 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
 
     # ------------------------------------------------------------------- summary
     test = _report(evaluate("test"), dataset, "test")
+    checkpoint = None
+    if config["save_checkpoint"]:  # every process takes part; orbax writes one checkpoint
+        checkpoint = save_state(os.path.join(workdir, "checkpoint"), runner.saved_state())
     step = np.asarray(jax.device_get(runner.state.step)).reshape(-1)[0]
     summary = {
         "config": config,
@@ -178,6 +183,7 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
         "device_kind": jax.devices()[0].device_kind,
         "jax_version": jax.__version__,
         "jnn_version": jnn.__version__,
+        "checkpoint": checkpoint,
         "best_val": best if best["epoch"] > 0 else None,
         "history": history,
     }

@@ -85,6 +85,12 @@ class Runner:
     def evaluate(self, batch: dict):
         return self.eval_step(self.state, self.place(batch))
 
+    def saved_state(self):
+        """The state as it is checkpointed: one replica under pmap, as it is otherwise."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x[0], self.state)
+        return self.state
+
 
 def _steps(config: dict, axis_name: str | None = None):
     kwargs = dict(label_smoothing=config["label_smoothing"], l1=config["l1"], l2=config["l2"])

@@ -24,6 +24,7 @@ def base_config() -> dict:
         epochs=10,
         early_stopping_patience=0,  # stop after this many epochs without a better val loss; 0: off
         seed=0,
+        save_checkpoint=True,  # the final state to WORKDIR/checkpoint (orbax)
         # transforms (see README): how the one pure step is run
         parallel="auto",  # auto (shard when there are several devices), none, pmap, shard
         fsdp=False,  # with shard: split params and optimizer state over the devices
