@@ -22,8 +22,7 @@ from jnn import parallel
 def make_model(config: dict, dataset: jnn.data.Dataset, axis_name: str | None = None):
     """The config's model; under pmap it gets `axis_name` (BatchNorm, dropout) if it has one."""
     kwargs = dict(config["model_kwargs"])
-    cls_fields = {f.name for f in dataclasses.fields(jnn.models._REGISTRY[config["model"]])}
-    if axis_name is not None and "axis_name" in cls_fields:
+    if axis_name is not None and "axis_name" in jnn.models.fields(config["model"]):
         kwargs["axis_name"] = axis_name
     return jnn.models.get(config["model"], num_outputs=dataset.num_outputs, **kwargs)
 

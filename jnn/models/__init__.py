@@ -38,6 +38,13 @@ def register(name: str, module_cls: type[nn.Module]) -> None:
     _REGISTRY[name] = module_cls
 
 
+def fields(name: str) -> list[str]:
+    """The configurable fields of the model registered as `name`."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(names())}")
+    return [f.name for f in dataclasses.fields(_REGISTRY[name]) if f.name not in ("parent", "name")]
+
+
 def get(name: str, **kwargs) -> nn.Module:
     """Builds the model registered as `name` with the given field values.
 
@@ -45,23 +52,19 @@ def get(name: str, **kwargs) -> nn.Module:
       ValueError: an unknown name (the message lists the known ones), an unknown field,
         or an unknown activation / initialiser name.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(names())}")
-    cls = _REGISTRY[name]
-    fields = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
-    unknown = sorted(set(kwargs) - set(fields))
+    known = fields(name)
+    unknown = sorted(set(kwargs) - set(known))
     if unknown:
         raise ValueError(
-            f"model {name!r} has no field {', '.join(unknown)}; its fields are {', '.join(fields)}")
-    for key in ("activation",):
-        if key in kwargs:
-            get_activation(kwargs[key])
+            f"model {name!r} has no field {', '.join(unknown)}; its fields are {', '.join(known)}")
+    if "activation" in kwargs:
+        get_activation(kwargs["activation"])
     if "kernel_init" in kwargs:
         get_initializer(kwargs["kernel_init"])
-    return cls(**kwargs)
+    return _REGISTRY[name](**kwargs)
 
 
 __all__ = [
-    "CNN", "CifarCNN", "Dropout", "MLP", "ResMLP", "activation_names", "get", "get_activation",
+    "CNN", "CifarCNN", "Dropout", "MLP", "ResMLP", "activation_names", "fields", "get", "get_activation",
     "get_initializer", "initializer_names", "max_pool_2x2", "names", "register",
 ]
