@@ -1,22 +1,29 @@
 """jnn: pure Flax models and Optax optimizers in one train step for jit, vmap, pmap and sharded jit.
 
     import jnn
-    model = jnn.models.get("cnn", num_outputs=10)
-    tx = jnn.make_optimizer("adam", 1e-3)
+    model = jnn.models.get("cnn", num_outputs=10)       # or a Linen / NNX module of yours
+    tx = jnn.make_optimizer("adam", 1e-3)                # or any optax transformation
     state = jnn.create_train_state(model, tx, jax.random.PRNGKey(0), sample_x)
     train_step = jax.jit(jnn.make_train_step("cross_entropy"))
     state, metrics = train_step(state, {"x": x, "y": y, "mask": mask})
+    jnn.summarize(jnn.sum_metrics([metrics]))            # {"loss": ..., "accuracy": ...}
+
+The public API is the list below: the state, the steps, objectives, metrics, the model
+adapter, optimizers, and the modules parallel, ensemble, per_example, dp_sgd,
+precision, models and data.
 """
 
 import importlib
 
-from jnn import ensemble, losses, metrics, models, parallel, per_example
+from jnn import (dp_sgd, ensemble, losses, metrics, models, objectives, parallel, per_example,
+                 precision)
 from jnn.metrics import sum_metrics, summarize
+from jnn.model import LinenModel, NNXModel, as_model, from_linen, from_nnx
 from jnn.optim import make_optimizer, make_schedule, optimizer_names, schedule_names
-from jnn.state import ModelApply, TrainState, create_train_state, parameter_count
+from jnn.state import TrainState, create_train_state, parameter_count
 from jnn.step import make_eval_step, make_train_step, predict
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name):
@@ -26,9 +33,18 @@ def __getattr__(name):
         return importlib.import_module("jnn.data")
     raise AttributeError(f"module 'jnn' has no attribute {name!r}")
 
+
 __all__ = [
-    "ModelApply", "TrainState", "create_train_state", "data", "ensemble", "losses", "make_eval_step",
-    "make_optimizer", "make_schedule", "make_train_step", "metrics", "models",
-    "optimizer_names", "parallel", "parameter_count", "per_example", "predict", "schedule_names", "sum_metrics",
-    "summarize",
+    # state and steps
+    "TrainState", "create_train_state", "make_train_step", "make_eval_step", "predict",
+    "parameter_count",
+    # models: the adapter over Linen and NNX, and jnn's own models
+    "as_model", "from_linen", "from_nnx", "LinenModel", "NNXModel", "models",
+    # objectives, metrics, optimizers
+    "objectives", "losses", "metrics", "sum_metrics", "summarize", "make_optimizer",
+    "make_schedule", "optimizer_names", "schedule_names",
+    # transforms and training variants
+    "parallel", "ensemble", "per_example", "dp_sgd", "precision",
+    # data (imported on first use)
+    "data",
 ]

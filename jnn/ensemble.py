@@ -1,13 +1,14 @@
 """Ensembles: K independent models trained in one compiled step by vmapping the step.
 
-    states = jnn.ensemble.create_ensemble_state(model, tx, seeds=[0, 1, 2, 3], sample_x=x,
+    states = jnn.ensemble.create_ensemble_state(model, tx, seeds=[0, 1, 2, 3], sample=x,
                                                 learning_rate_scales=[1.0, 0.5, 1.0, 2.0])
     step = jax.jit(jnn.ensemble.ensemble_step(jnn.make_train_step()))
     states, metrics = step(states, batch)      # every leaf has a leading (K,) axis
 
 Members share the batches and differ in their seed (initialisation and dropout) and
 optionally in a learning-rate multiplier, held in the optimizer state so that one
-compiled step serves every member.
+compiled step serves every member. An NNX module given as an instance starts every
+member from its own weights; give a factory `rngs -> module` for a fresh init per seed.
 """
 
 from __future__ import annotations
@@ -18,33 +19,33 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jnn import losses
-from jnn.state import TrainState, create_train_state
-from jnn.step import resolve_loss, predict
+from jnn import objectives as objectives_lib
+from jnn.state import TrainState, as_batch, create_train_state
+from jnn.step import predict
 
 
 def with_learning_rate_scale(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`tx` followed by a multiplier held in its state (`hyperparams["step_size"]`, 1.0),
-    so that stacked states can scale their updates differently."""
+    """`tx` followed by a multiplier held in its state as the hyperparameter "step_size"
+    (1.0), so that stacked states can scale their updates differently."""
     return optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=1.0))
 
 
 def create_ensemble_state(module, tx: optax.GradientTransformation, seeds: Sequence[int],
-                          sample_x, learning_rate_scales: Sequence[float] | None = None
-                          ) -> TrainState:
+                          sample, learning_rate_scales: Sequence[float] | None = None,
+                          **model_options) -> TrainState:
     """K stacked train states: member k is `create_train_state(module, tx', PRNGKey(seeds[k]))`
     with tx' = `with_learning_rate_scale(tx)` scaled by learning_rate_scales[k] (default 1)."""
+    if learning_rate_scales is not None and len(learning_rate_scales) != len(seeds):
+        raise ValueError(f"got {len(learning_rate_scales)} learning_rate_scales for "
+                         f"{len(seeds)} members; give one per member")
     tx = with_learning_rate_scale(tx)
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    states = jax.vmap(lambda key: create_train_state(module, tx, key, sample_x))(keys)
+    states = jax.vmap(lambda key: create_train_state(module, tx, key, sample,
+                                                     **model_options))(keys)
     if learning_rate_scales is not None:
-        if len(learning_rate_scales) != len(seeds):
-            raise ValueError(f"got {len(learning_rate_scales)} learning_rate_scales for "
-                             f"{len(seeds)} members; give one per member")
-        inner, scale_state = states.opt_state
-        hyper = {**scale_state.hyperparams,
-                 "step_size": jnp.asarray(learning_rate_scales, jnp.float32)}
-        states = states.replace(opt_state=(inner, scale_state._replace(hyperparams=hyper)))
+        scales = jnp.asarray(learning_rate_scales, jnp.float32)
+        states = states.replace(opt_state=optax.tree_utils.tree_set(states.opt_state,
+                                                                    step_size=scales))
     return states
 
 
@@ -58,32 +59,24 @@ def member(states: TrainState, k: int) -> TrainState:
     return jax.tree.map(lambda x: x[k], states)
 
 
-def make_ensemble_eval_step(loss="cross_entropy", *, task: str | None = None) -> Callable:
-    """`(states, batch) -> metrics`: each member's sums with a (K,) axis (loss_sum, count,
-    correct) plus the averaged prediction's `ensemble_loss_sum` and, for classification,
-    `ensemble_correct` (argmax of the mean of the members' softmax outputs)."""
-    loss_fn, task = resolve_loss(loss, task, 0.0)
+def make_ensemble_eval_step(objective="cross_entropy") -> Callable:
+    """`(states, batch) -> metrics`: each member's metrics with a (K,) axis, plus the
+    averaged prediction's as "ensemble_<name>" (the objective's `combine_members` makes
+    it: the mean of the members' probabilities for classification and binary labels,
+    the mean output otherwise)."""
+    objective = objectives_lib.resolve(objective)
+    combine = getattr(objective, "combine_members", lambda outputs: outputs.mean(0))
 
-    def eval_step(states: TrainState, batch: dict) -> dict:
-        outputs = jax.vmap(predict, in_axes=(0, None))(states, batch["x"])  # (K, B, ...)
-        mask = batch.get("mask")
-        per_member = jax.vmap(lambda o: losses.masked_sum(loss_fn(o, batch["y"]), mask)[0])(outputs)
-        _, count = losses.masked_sum(jnp.zeros(batch["x"].shape[0]), mask)
-        metrics = {"loss_sum": per_member, "count": jnp.broadcast_to(count, per_member.shape)}
-        if task == "classification":
-            hits = jax.vmap(lambda o: losses.masked_sum(
-                (o.argmax(-1) == batch["y"]).astype(jnp.float32), mask)[0])(outputs)
-            metrics["correct"] = hits
-            probs = jax.nn.softmax(outputs, axis=-1).mean(0)  # (B, C)
-            metrics["ensemble_correct"] = losses.masked_sum(
-                (probs.argmax(-1) == batch["y"]).astype(jnp.float32), mask)[0]
-            metrics["ensemble_loss_sum"] = losses.masked_sum(
-                -jnp.log(jnp.take_along_axis(probs, batch["y"][:, None], -1)[:, 0] + 1e-12),
-                mask)[0]
-        else:
-            metrics["ensemble_loss_sum"] = losses.masked_sum(loss_fn(outputs.mean(0), batch["y"]),
-                                                             mask)[0]
-        metrics["ensemble_count"] = count
+    def metrics_of(outputs, batch):
+        losses, weights, metrics = objectives_lib.evaluate(objective, outputs, batch)
+        return {"loss": ((losses * weights).sum(), weights.sum()), **metrics}
+
+    def eval_step(states: TrainState, batch) -> dict:
+        batch = as_batch(batch)
+        outputs = jax.vmap(predict, in_axes=(0, None))(states, batch).astype(jnp.float32)
+        metrics = jax.vmap(metrics_of, in_axes=(0, None))(outputs, batch)  # (K,) each
+        combined = metrics_of(combine(outputs), batch)
+        metrics.update({f"ensemble_{name}": value for name, value in combined.items()})
         return metrics
 
     return eval_step

@@ -3,13 +3,14 @@
 Sharded jit (recommended; works on one process or many):
 
     mesh = jnn.parallel.make_mesh()                      # all devices, axis "data"
-    state = jnn.parallel.shard_state(state, mesh, fsdp=False)
-    step = jnn.parallel.jit_sharded(jnn.make_train_step(), state, mesh)
+    state = jnn.parallel.create_sharded_train_state(module, tx, rng, sample, mesh, fsdp=True)
+    step = jnn.parallel.jit_sharded(jnn.make_train_step(), state, mesh, fsdp=True)
     state, metrics = step(state, jnn.parallel.shard_batch(batch, mesh))
 
 The step is the single-device step: XLA partitions it over the mesh from the
 shardings, so its results equal a single-device run on the same global batches.
-With `fsdp=True` parameters and optimizer state are also split over the devices.
+With `fsdp=True` parameters and optimizer state are also split over the devices, and
+`create_sharded_train_state` creates them split: no device ever holds the whole state.
 
 pmap (offered because users ask for it; since JAX 0.8 it is jit(shard_map) and in
 maintenance mode):
@@ -53,9 +54,13 @@ def split_batch(batch: dict, num_devices: int | None = None) -> dict:
         batch sizes that do).
     """
     n = num_devices or jax.local_device_count()
-    size = len(batch["x"])
+    size = _batch_size(batch)
     check_divisible(size, n)
     return {k: np.reshape(v, (n, size // n, *np.shape(v)[1:])) for k, v in batch.items()}
+
+
+def _batch_size(batch: dict) -> int:
+    return int(np.shape(jax.tree.leaves(batch)[0])[0])
 
 
 def check_divisible(batch_size: int, num_devices: int) -> None:
@@ -63,9 +68,8 @@ def check_divisible(batch_size: int, num_devices: int) -> None:
     if batch_size % num_devices:
         lower = batch_size - batch_size % num_devices
         raise ValueError(
-            f"global batch size {batch_size} does not divide over {num_devices} devices; use "
-            f"--set batch_size={lower or num_devices} or {lower + num_devices} "
-            f"(or a per-device batch size)")
+            f"a batch of {batch_size} examples does not divide over {num_devices} devices; use "
+            f"a batch size of {lower or num_devices} or {lower + num_devices}")
 
 
 def pmap_train_step(train_step: Callable, axis_name: str = PMAP_AXIS) -> Callable:
@@ -113,7 +117,7 @@ def state_shardings(state, mesh: Mesh, *, fsdp: bool = False, min_size: int = 2 
     n = mesh.devices.size
 
     def spec(x):
-        shape = np.shape(x)
+        shape = tuple(getattr(x, "shape", np.shape(x)))
         return NamedSharding(mesh, _fsdp_spec(shape, n, min_size) if fsdp else P())
 
     return jax.tree.map(spec, state)
@@ -148,18 +152,68 @@ def process_slice(global_batch: dict, process_index: int | None = None,
     """This process's contiguous share of a global host batch (all of it on one process)."""
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
-    size = len(global_batch["x"])
+    size = _batch_size(global_batch)
     check_divisible(size, count)
     per = size // count
     return {k: v[index * per:(index + 1) * per] for k, v in global_batch.items()}
 
 
+def create_sharded_train_state(module, tx, rng, sample, mesh: Mesh, *, fsdp: bool = False,
+                               **create_options):
+    """`jnn.create_train_state(...)` created directly with the shardings of
+    `state_shardings(..., fsdp=fsdp)`: one compiled program whose outputs are already
+    split over the mesh, so no device ever holds the whole (FSDP) state.
+
+    The state's shape comes from `jax.eval_shape`, which runs nothing.
+    """
+    from jnn.state import create_train_state
+
+    sample = jax.tree.map(np.asarray, sample)
+
+    def create(key):
+        return create_train_state(module, tx, key, sample, **create_options)
+
+    shardings = state_shardings(jax.eval_shape(create, rng), mesh, fsdp=fsdp)
+    return jax.jit(create, out_shardings=shardings)(rng)
+
+
+class ShardedStep:
+    """A step jitted with explicit shardings (see `jit_sharded`); lowers on first use.
+
+    Whether the state is donated follows from what the step returns: a train step
+    `(state, batch) -> (state, metrics)` donates it (when `donate`), an eval step
+    `(state, batch) -> metrics` never does.
+    """
+
+    def __init__(self, step: Callable, shardings, mesh: Mesh, donate: bool):
+        self._step, self._shardings, self._mesh, self._donate = step, shardings, mesh, donate
+        self._jitted = None
+
+    def _build(self, state, batch):
+        out = jax.eval_shape(self._step, state, batch)
+        returns_state = (isinstance(out, tuple) and len(out) == 2
+                         and jax.tree.structure(out[0]) == jax.tree.structure(state))
+        in_shardings = (self._shardings, batch_sharding(self._mesh))
+        if returns_state:
+            self._jitted = jax.jit(self._step, in_shardings=in_shardings,
+                                   out_shardings=(self._shardings, replicated(self._mesh)),
+                                   donate_argnums=0 if self._donate else ())
+        else:
+            self._jitted = jax.jit(self._step, in_shardings=in_shardings,
+                                   out_shardings=replicated(self._mesh))
+        return self._jitted
+
+    def lower(self, state, batch):
+        return (self._jitted or self._build(state, batch)).lower(state, batch)
+
+    def __call__(self, state, batch):
+        return (self._jitted or self._build(state, batch))(state, batch)
+
+
 def jit_sharded(step: Callable, state, mesh: Mesh, *, fsdp: bool = False,
-                donate: bool = True) -> Callable:
+                donate: bool = True) -> ShardedStep:
     """jax.jit of a single-device step `(state, batch) -> (state, metrics)` or
     `(state, batch) -> metrics` with explicit shardings: state as `state_shardings`,
-    batch split over "data", metrics replicated. Donates the state when `donate`."""
-    shardings = state_shardings(state, mesh, fsdp=fsdp)
-    return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
-                   out_shardings=(shardings, replicated(mesh)) if donate else replicated(mesh),
-                   donate_argnums=0 if donate else ())
+    batch split over "data", metrics replicated. A train step donates the state when
+    `donate`; an eval step never does."""
+    return ShardedStep(step, state_shardings(state, mesh, fsdp=fsdp), mesh, donate)

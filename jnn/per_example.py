@@ -1,11 +1,10 @@
-"""Per-example gradients (vmap of grad) and DP-SGD built on them.
+"""Per-example gradients: a vmap of grad over the examples of a batch.
 
     grads = jnn.per_example.per_example_grads(state, batch, "cross_entropy")  # leaves (B, ...)
 
-DP-SGD: `make_train_step(..., dp_clip_norm=C, dp_noise_multiplier=s)` clips each
-example's gradient to L2 norm C, sums over the real (unmasked) examples, adds
-N(0, (s*C)^2) noise and divides by the number of real examples; the optimizer then
-applies that gradient as usual.
+Each example runs as a batch of one, with the RNG key folded with its index, so its
+gradient is exactly the gradient of its own weighted loss sum (one unit per example:
+its loss; a sequence: the sum over its real tokens). jnn.dp_sgd builds on this.
 """
 
 from __future__ import annotations
@@ -13,63 +12,41 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jnn.state import TrainState
+from jnn import objectives as objectives_lib
+from jnn.state import TrainState, as_batch
 
 
-def per_example_loss_grads(apply_fn, params, batch_stats, x, y, loss_fn, rng):
-    """(per-example gradients with leaves (B, ...), per-example losses (B,), outputs (B, ...)).
+def per_example_loss_grads(state: TrainState, params, batch: dict, objective, rng):
+    """(gradients with leaves (B, ...), per-example loss sums (B,), per-example weight sums
+    (B,), the objective's metrics summed over the batch).
 
-    Each example is run as a batch of one, with dropout keyed by its index, so its
-    gradient is exactly the gradient of its own loss.
+    Raises:
+      ValueError: the model keeps batch statistics (they mix the examples).
     """
-    if batch_stats:
-        raise ValueError("per-example gradients need a model without BatchNorm (its statistics "
-                         "mix the examples); use LayerNorm or GroupNorm instead")
+    if jax.tree.leaves(state.model_state):
+        raise ValueError("per-example gradients need a model without batch statistics (they mix "
+                         "the examples); use LayerNorm or GroupNorm instead of BatchNorm")
 
-    def single(params, x_i, y_i, i):
-        outputs = apply_fn({"params": params}, x_i[None], train=True,
-                           rngs={"dropout": jax.random.fold_in(rng, i)})
-        loss = loss_fn(outputs, y_i[None])[0]
-        return loss, (loss, outputs[0])
+    def single(params, example, i):
+        example = jax.tree.map(lambda x: x[None], example)
+        outputs, _ = state.model.apply(params, state.model_state, example, train=True,
+                                       rng=jax.random.fold_in(rng, i))
+        outputs = jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
+        losses, weights, metrics = objectives_lib.evaluate(objective, outputs, example)
+        loss_sum = (losses * weights).sum()
+        return loss_sum, (loss_sum, weights.sum(), metrics)
 
-    grads, (per_loss, outputs) = jax.vmap(
-        jax.grad(single, has_aux=True), in_axes=(None, 0, 0, 0))(params, x, y,
-                                                                 jnp.arange(x.shape[0]))
-    return grads, per_loss, outputs
+    size = jax.tree.leaves(batch)[0].shape[0]
+    grads, (loss_sums, weight_sums, metrics) = jax.vmap(
+        jax.grad(single, has_aux=True), in_axes=(None, 0, 0))(params, batch, jnp.arange(size))
+    return grads, loss_sums, weight_sums, jax.tree.map(lambda x: x.sum(0), metrics)
 
 
-def per_example_grads(state: TrainState, batch: dict, loss="cross_entropy"):
-    """The gradient of each example's loss at `state.params`: a params-shaped pytree whose
-    leaves have a leading (B,) axis. Their mean over the batch is the batch gradient."""
-    from jnn.step import resolve_loss
-
-    loss_fn, _ = resolve_loss(loss, None, 0.0)
+def per_example_grads(state: TrainState, batch, objective="cross_entropy"):
+    """The gradient of each example's weighted loss sum at `state.params`: a params-shaped
+    pytree whose leaves have a leading (B,) axis. With one unit per example and no mask,
+    their mean over the batch is the batch gradient."""
     rng = jax.random.fold_in(state.rng, state.step)
-    grads, _, _ = per_example_loss_grads(state.apply_fn, state.params, state.batch_stats,
-                                         batch["x"], batch["y"], loss_fn, rng)
+    grads, _, _, _ = per_example_loss_grads(state, state.params, as_batch(batch),
+                                            objectives_lib.resolve(objective), rng)
     return grads
-
-
-def clip_and_noise(grads, mask, *, clip_norm: float, noise_multiplier: float, rng):
-    """DP-SGD aggregation of per-example gradients (leaves (B, ...)) -> the noisy mean gradient.
-
-    Each example's gradient is scaled to L2 norm at most `clip_norm`; masked-out examples
-    contribute nothing; Gaussian noise of std noise_multiplier * clip_norm is added to the
-    sum, which is divided by the number of real examples.
-    """
-    leaves = jax.tree.leaves(grads)
-    batch = leaves[0].shape[0]
-    norms = jnp.sqrt(sum((g.reshape(batch, -1) ** 2).sum(1) for g in leaves))  # (B,)
-    weights = jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-12))
-    if mask is not None:
-        weights = weights * mask.astype(weights.dtype)
-    count = jnp.maximum(1.0, batch if mask is None else mask.sum())
-    treedef = jax.tree.structure(grads)
-    keys = jax.tree.unflatten(treedef, list(jax.random.split(rng, len(leaves))))
-
-    def aggregate(g, key):
-        total = jnp.tensordot(weights, g, axes=1)
-        noise = noise_multiplier * clip_norm * jax.random.normal(key, total.shape, total.dtype)
-        return (total + noise) / count
-
-    return jax.tree.map(aggregate, grads, keys)

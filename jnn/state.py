@@ -1,64 +1,95 @@
-"""The train state: a pytree of step, params, optimizer state, batch_stats and rng."""
+"""The train state: one pytree of step, params, model state, optimizer state and RNG.
+
+    state = jnn.create_train_state(module, optax.adam(1e-3), jax.random.PRNGKey(0), sample)
+
+The model adapter (jnn.model) and the optimizer are static parts of the state: the
+arrays are all there is to transform, shard or checkpoint.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from flax.training import train_state
+from flax import struct
+
+from jnn.model import Model, as_model
+from jnn.precision import DynamicLossScale
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelApply:
-    """`module.apply` as a hashable value: equal for equal modules, so states built
-    from the same module stack (vmap) and hit the same compiled step.
+class TrainState(struct.PyTreeNode):
+    """Everything a step reads and writes.
 
-    Called as apply(variables, x, train=..., rngs=..., mutable=...); `train` reaches the
-    module only if its `__call__` accepts it.
+    Attributes:
+      step: the number of updates applied (int32 scalar).
+      params: the trainable parameters (nested dict of arrays).
+      opt_state: the optimizer's state.
+      model_state: the module's other variables, e.g. {"batch_stats": ...} ({} if none).
+      rng: a raw uint32 PRNG key; the key of step t is fold_in(rng, t).
+      loss_scale: a DynamicLossScale for float16 training, else None.
+      model: the model adapter (static).
+      tx: the optax optimizer (static).
     """
 
-    module: nn.Module
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: Any
+    rng: jax.Array
+    loss_scale: DynamicLossScale | None
+    model: Model = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    def apply_gradients(self, grads, **changes) -> "TrainState":
+        """One optimizer update with `grads`; other fields replaced from `changes`."""
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        params = optax.apply_updates(self.params, updates)
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state, **changes)
 
     @property
-    def takes_train(self) -> bool:
-        return "train" in inspect.signature(type(self.module).__call__).parameters
-
-    def __call__(self, variables, x, *, train: bool, **kwargs):
-        if self.takes_train:
-            kwargs["train"] = train
-        return self.module.apply(variables, x, **kwargs)
+    def batch_stats(self):
+        """The BatchNorm statistics of a Linen model ({} when it has none)."""
+        return self.model_state.get("batch_stats", {}) if isinstance(self.model_state, dict) else {}
 
 
-class TrainState(train_state.TrainState):
-    """flax's TrainState with `batch_stats` (BatchNorm; {} when the model has none) and
-    `rng`, a raw uint32 PRNG key from which each step's dropout key is folded."""
+def as_batch(sample) -> dict:
+    """A batch dict from a batch dict or a bare input array (which becomes {"x": array})."""
+    if isinstance(sample, dict):
+        return sample
+    return {"x": sample}
 
-    batch_stats: Any = None
-    rng: jax.Array = None
 
-
-def create_train_state(module: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       sample_x: jax.Array) -> TrainState:
-    """Initialises `module` on `sample_x` (a batch of the input shape, (B, ...)).
+def create_train_state(module, tx: optax.GradientTransformation, rng: jax.Array, sample,
+                       *, loss_scale: DynamicLossScale | None = None,
+                       **model_options) -> TrainState:
+    """Initialises `module` on `sample` and the optimizer on its parameters.
 
     Args:
-      rng: a PRNG key (`jax.random.PRNGKey(seed)`); split into init and training keys.
+      module: a flax.linen.Module, a flax.nnx.Module (or a function rngs -> nnx.Module),
+        or a model adapter from jnn.as_model.
+      rng: a PRNG key (`jax.random.PRNGKey(seed)`): split into init and training keys.
+      sample: a sample batch (dict of arrays, (B, ...) each) or its input array `x`.
+      loss_scale: for float16 compute (see jnn.precision).
+      model_options: for the adapter (inputs, mode, mask; see jnn.model).
     """
-    init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
-    apply = ModelApply(module)
-    kwargs = {"train": False} if apply.takes_train else {}
-    variables = module.init({"params": init_rng, "dropout": dropout_rng}, sample_x, **kwargs)
-    params = variables["params"]
-    return TrainState.create(
-        apply_fn=apply, params=params, tx=tx,
-        batch_stats=variables.get("batch_stats", {}), rng=state_rng)
+    model = as_model(module, **model_options)
+    init_rng, _, state_rng = jax.random.split(rng, 3)  # the split of jnn 0.1: same inits
+    params, model_state = model.init(init_rng, as_batch(sample))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      model_state=model_state, rng=state_rng, loss_scale=loss_scale,
+                      model=model, tx=tx)
+
+
+def array_fields(state: TrainState) -> dict:
+    """The state's arrays by field name (what a checkpoint holds); new fields included."""
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if f.metadata.get("pytree_node", True)}
 
 
 def parameter_count(params: Any) -> int:
     """Number of scalars in a parameter pytree."""
-    return int(sum(jnp.size(p) for p in jax.tree.leaves(params)))
+    return int(sum(np.size(p) for p in jax.tree.leaves(params)))

@@ -1,14 +1,22 @@
-"""The pure train and eval steps: `(state, batch) -> (state, metrics)` and `(state, batch) -> metrics`.
+"""The pure steps: `train_step(state, batch) -> (state, metrics)`, `eval_step(state, batch) -> metrics`.
 
-A batch is a dict with `x` (B, ...), `y` (B,) or (B, ...) and an optional boolean
-`mask` (B,); masked-out examples (padding) change neither the gradient nor the
-metrics. Metrics are sums and counts (`loss_sum`, `count`, and `correct` for
-classification), so they add up exactly over batches and devices; see jnn.metrics.
+A batch is a dict of arrays with a leading batch axis (B, ...): the model reads the
+entries its adapter names (default "x"), the objective reads its targets (default "y")
+and the optional "mask" (B,) or (B, T) that marks real units (False on padding).
+
+The step minimises sum(losses * weights) / sum(weights) over the global batch (see
+jnn.objectives), so masked units change neither gradients, model state nor metrics.
+Metrics are {"name": (sum, count)}: "loss" plus the objective's own, and they add up
+exactly over batches, microbatches, devices and processes (jnn.metrics turns them into
+means).
 
 The steps are plain functions: apply jax.jit, jax.vmap, jax.pmap or sharded jit at the
-call site. With `axis_name`, the step is the per-device body of a data-parallel map:
-gradients are the exact global-batch mean (sum over the axis of local sums divided by
-the global count), metrics are summed and batch_stats averaged over the axis.
+call site. Options that change how the step runs, not what it computes:
+- axis_name: the mapped axis of pmap / shard_map. Gradients and metrics are summed
+  over it (the gradient is the exact global-batch mean) and the model state averaged.
+- microbatches=k: the batch is split into k slices run one after another in a
+  lax.scan, with gradients summed exactly (k times smaller activation peak).
+- compute_dtype: bfloat16 or float16 forward and backward pass (see jnn.precision).
 """
 
 from __future__ import annotations
@@ -18,147 +26,138 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jnn import losses
-from jnn.per_example import clip_and_noise, per_example_loss_grads
-from jnn.state import TrainState
+from jnn import losses, objectives as objectives_lib, precision
+from jnn.objectives import Objective
+from jnn.state import TrainState, as_batch
 
 Batch = dict
 Metrics = dict
 
-_TASK_OF_LOSS = {"cross_entropy": "classification", "binary_cross_entropy": "binary",
-                 "mse": "regression"}
+
+def _split_microbatches(batch: Batch, k: int) -> Batch:
+    size = jax.tree.leaves(batch)[0].shape[0]
+    if size % k:
+        raise ValueError(f"microbatches={k} does not divide the batch of {size} examples; use a "
+                         f"divisor of {size}")
+    return jax.tree.map(lambda x: x.reshape((k, size // k) + x.shape[1:]), batch)
 
 
-def resolve_loss(loss, task, label_smoothing):
-    """(per-example loss function, task) for a loss name or callable; see make_train_step."""
-    if isinstance(loss, str):
-        kwargs = {"label_smoothing": label_smoothing} if label_smoothing else {}
-        return losses.get_loss(loss, **kwargs), task or _TASK_OF_LOSS[loss]
-    if not callable(loss):
-        raise ValueError(f"loss must be a name ({', '.join(losses.loss_names())}) or a callable "
-                         f"(outputs, labels) -> (B,) losses, got {loss!r}")
-    return loss, task or "regression"
+def _model_batch(state: TrainState, batch: Batch, compute_dtype) -> Batch:
+    """The batch as the model sees it: its inputs cast to the compute dtype."""
+    if compute_dtype is None:
+        return batch
+    inputs = {k: batch[k] for k in state.model.inputs if k in batch}
+    return {**batch, **precision.cast_floats(inputs, compute_dtype)}
 
 
-def _count_correct(outputs, labels, task, mask):
-    if task == "classification":
-        if labels.ndim == outputs.ndim:  # one-hot
-            labels = labels.argmax(-1)
-        hits = outputs.argmax(-1) == labels
-    elif task == "binary":
-        hits = ((outputs > 0).astype(jnp.int32) == labels.reshape(outputs.shape)).reshape(
-            outputs.shape[0], -1).all(axis=1)
-    else:
-        return None
-    return losses.masked_sum(hits.astype(jnp.float32), mask)[0]
+def forward(state: TrainState, params, model_state, batch: Batch, objective: Objective, *,
+            train: bool, rng=None, compute_dtype=None):
+    """Runs the model and the objective on one device's batch.
+
+    Returns ((loss sum, weight sum, objective metrics), outputs in float32, new model state).
+    """
+    params = precision.cast_floats(params, compute_dtype)
+    outputs, new_model_state = state.model.apply(
+        params, model_state, _model_batch(state, batch, compute_dtype), train=train, rng=rng)
+    outputs = precision.cast_floats(outputs, jnp.float32)
+    unit_losses, weights, metrics = objectives_lib.evaluate(objective, outputs, batch)
+    loss_sum = (unit_losses.astype(jnp.float32) * weights).sum()
+    return (loss_sum, weights.sum(), metrics), outputs, new_model_state
 
 
-def _batch_metrics(per_example, outputs, batch, task):
-    mask = batch.get("mask")
-    loss_sum, count = losses.masked_sum(per_example.astype(jnp.float32), mask)
-    metrics = {"loss_sum": loss_sum, "count": count}
-    correct = _count_correct(outputs, batch["y"], task, mask)
-    if correct is not None:
-        metrics["correct"] = correct
-    return metrics
-
-
-def make_train_step(loss: str | Callable = "cross_entropy", *, axis_name: str | None = None,
-                    task: str | None = None, label_smoothing: float = 0.0, l1: float = 0.0,
-                    l2: float = 0.0, dp_clip_norm: float | None = None,
-                    dp_noise_multiplier: float = 0.0
+def make_train_step(objective: str | Objective = "cross_entropy", *,
+                    axis_name: str | None = None, microbatches: int = 1, compute_dtype=None,
+                    l1: float = 0.0, l2: float = 0.0
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Returns `train_step(state, batch) -> (new_state, metrics)`, a pure function.
 
     Args:
-      loss: "cross_entropy", "mse", "binary_cross_entropy", or a callable
-        `(outputs (B, ...), labels) -> (B,)` per-example losses.
-      axis_name: the mapped axis to reduce over (pmap / shard_map); None for single-device
-        or sharded-jit code.
-      task: "classification", "binary" or "regression": which metrics to count. Inferred
-        from a loss name; a callable loss counts no accuracy unless told.
-      label_smoothing: for cross_entropy.
-      l1, l2: coefficients of the L1 / L2 weight penalties (kernels only) added to the loss.
-      dp_clip_norm, dp_noise_multiplier: DP-SGD. With a clip norm, the gradient is the
-        clipped, noised mean of per-example gradients (see jnn.per_example); the model
-        must have no BatchNorm. Single-device or sharded jit only (no axis_name).
+      objective: a name ("cross_entropy", "mse", "binary_cross_entropy", "next_token";
+        jnn.objectives.get(name, label_smoothing=...) for options) or your own function
+        `(outputs, batch) -> (losses, weights, metrics)`.
+      axis_name: the mapped axis to reduce over (pmap / shard_map); None for one device
+        or sharded jit.
+      microbatches: split the batch into this many slices inside the step (gradient
+        accumulation). Equal to one step on the whole batch for models without
+        batch-dependent layers (BatchNorm sees each slice on its own).
+      compute_dtype: None (float32), "bfloat16" or "float16" (needs state.loss_scale).
+      l1, l2: coefficients of L1 / 0.5*L2 penalties on the kernels (arrays of rank > 1),
+        added to the mean loss (not to the reported loss).
 
-    The dropout key of step t is fold_in(state.rng, t), the same on every device:
-    jnn's models draw each example's mask from its global index (jnn.models.Dropout),
-    so pmap, sharded jit and one device drop the same units. A module of your own that
-    uses flax.linen.Dropout under pmap should use jnn.models.Dropout instead.
+    The RNG key of step t is fold_in(state.rng, t), the same on every device: jnn's
+    models draw each example's dropout mask from its global index
+    (jnn.models.Dropout), so pmap, sharded jit and one device drop the same units.
     """
-    loss_fn, task = resolve_loss(loss, task, label_smoothing)
-    if dp_clip_norm is not None:
-        if dp_clip_norm <= 0 or dp_noise_multiplier < 0:
-            raise ValueError("DP-SGD needs dp_clip_norm > 0 and dp_noise_multiplier >= 0")
-        if axis_name is not None:
-            raise ValueError("DP-SGD runs under jit or sharded jit, not with axis_name (pmap)")
-
-    def penalty(params):
-        value = jnp.zeros(())
-        if l1:
-            value += l1 * losses.l1_penalty(params)
-        if l2:
-            value += l2 * losses.l2_penalty(params)
-        return value
-
-    def dp_train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        example_rng, noise_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        grads, per_example, outputs = per_example_loss_grads(
-            state.apply_fn, state.params, state.batch_stats, batch["x"], batch["y"], loss_fn,
-            example_rng)
-        grads = clip_and_noise(grads, batch.get("mask"), clip_norm=dp_clip_norm,
-                               noise_multiplier=dp_noise_multiplier, rng=noise_rng)
-        if l1 or l2:
-            grads = jax.tree.map(jnp.add, grads, jax.grad(penalty)(state.params))
-        metrics = _batch_metrics(per_example, outputs, batch, task)
-        return state.apply_gradients(grads=grads), metrics
+    objective = objectives_lib.resolve(objective)
+    compute_dtype = precision.canonical_dtype(compute_dtype)
+    if not isinstance(microbatches, int) or microbatches < 1:
+        raise ValueError(f"microbatches must be an integer >= 1, got {microbatches!r}")
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        batch = as_batch(batch)
+        if compute_dtype == jnp.float16 and state.loss_scale is None:
+            raise ValueError("float16 compute needs loss scaling: create the state with "
+                             "create_train_state(..., loss_scale=jnn.precision."
+                             "DynamicLossScale.create())")
         rng = jax.random.fold_in(state.rng, state.step)
-        has_batch_stats = bool(state.batch_stats)
-        mask = batch.get("mask")
-        _, local_count = losses.masked_sum(jnp.zeros(batch["x"].shape[0]), mask)
-        global_count = local_count if axis_name is None else jax.lax.psum(local_count, axis_name)
-        num_shards = 1 if axis_name is None else jax.lax.psum(1, axis_name)
+        scale = 1.0 if state.loss_scale is None else state.loss_scale.scale
 
-        def objective(params):
-            variables = {"params": params}
-            if has_batch_stats:
-                variables["batch_stats"] = state.batch_stats
-            if has_batch_stats:
-                outputs, updates = state.apply_fn(variables, batch["x"], train=True,
-                                                  rngs={"dropout": rng}, mutable=["batch_stats"])
-            else:
-                outputs, updates = state.apply_fn(variables, batch["x"], train=True,
-                                                  rngs={"dropout": rng}), {}
-            per_example = loss_fn(outputs, batch["y"])  # (B,)
-            local_sum, _ = losses.masked_sum(per_example, mask)
-            value = local_sum / jnp.maximum(global_count, 1.0) + penalty(params) / num_shards
-            return value, (per_example, outputs, updates)
+        def scaled_loss_sum(params, model_state, micro, micro_rng):
+            (loss_sum, weight_sum, metrics), _, new_model_state = forward(
+                state, params, model_state, micro, objective, train=True, rng=micro_rng,
+                compute_dtype=compute_dtype)
+            return loss_sum * scale, (loss_sum, weight_sum, metrics, new_model_state)
 
-        grads, (per_example, outputs, updates) = jax.grad(objective, has_aux=True)(state.params)
-        metrics = _batch_metrics(per_example, outputs, batch, task)
-        batch_stats = updates.get("batch_stats", state.batch_stats)
+        grad_fn = jax.grad(scaled_loss_sum, has_aux=True)
+        if microbatches == 1:
+            grads, (loss_sum, weight_sum, metrics, model_state) = grad_fn(
+                state.params, state.model_state, batch, rng)
+        else:
+            def accumulate(carry, micro_and_index):
+                grads_sum, model_state = carry
+                micro, i = micro_and_index
+                grads, (loss_sum, weight_sum, metrics, model_state) = grad_fn(
+                    state.params, model_state, micro, jax.random.fold_in(rng, i))
+                grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+                return (grads_sum, model_state), (loss_sum, weight_sum, metrics)
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (grads, model_state), per_micro = jax.lax.scan(
+                accumulate, (zeros, state.model_state),
+                (_split_microbatches(batch, microbatches), jnp.arange(microbatches)))
+            loss_sum, weight_sum, metrics = jax.tree.map(lambda x: x.sum(0), per_micro)
+        metrics = {"loss": (loss_sum, weight_sum), **metrics}
         if axis_name is not None:
-            grads = jax.lax.psum(grads, axis_name)
-            metrics = jax.lax.psum(metrics, axis_name)
-            batch_stats = jax.lax.pmean(batch_stats, axis_name)
-        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+            grads, weight_sum, metrics = jax.lax.psum((grads, weight_sum, metrics), axis_name)
+            model_state = jax.lax.pmean(model_state, axis_name)
+        grads = jax.tree.map(lambda g: g / (scale * jnp.maximum(weight_sum, 1.0)), grads)
+        if l1 or l2:
+            grads = jax.tree.map(jnp.add, grads, jax.grad(losses.weight_penalty)(state.params, l1, l2))
+        new_state = state.apply_gradients(grads=grads, model_state=model_state)
+        if state.loss_scale is not None:
+            finite = precision.all_finite(grads)
+            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                                     state.replace(step=state.step + 1))
+            new_state = new_state.replace(loss_scale=state.loss_scale.adjust(finite))
         return new_state, metrics
 
-    return train_step if dp_clip_norm is None else dp_train_step
+    return train_step
 
 
-def make_eval_step(loss: str | Callable = "cross_entropy", *, axis_name: str | None = None,
-                   task: str | None = None) -> Callable[[TrainState, Batch], Metrics]:
-    """Returns `eval_step(state, batch) -> metrics` (sums and counts; see make_train_step)."""
-    loss_fn, task = resolve_loss(loss, task, 0.0)
+def make_eval_step(objective: str | Objective = "cross_entropy", *,
+                   axis_name: str | None = None, compute_dtype=None
+                   ) -> Callable[[TrainState, Batch], Metrics]:
+    """Returns `eval_step(state, batch) -> metrics` in inference mode (no dropout, running
+    BatchNorm statistics); metrics as in make_train_step."""
+    objective = objectives_lib.resolve(objective)
+    compute_dtype = precision.canonical_dtype(compute_dtype)
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
-        outputs = predict(state, batch["x"])
-        metrics = _batch_metrics(loss_fn(outputs, batch["y"]), outputs, batch, task)
+        batch = as_batch(batch)
+        (loss_sum, weight_sum, metrics), _, _ = forward(
+            state, state.params, state.model_state, batch, objective, train=False,
+            compute_dtype=compute_dtype)
+        metrics = {"loss": (loss_sum, weight_sum), **metrics}
         if axis_name is not None:
             metrics = jax.lax.psum(metrics, axis_name)
         return metrics
@@ -166,9 +165,7 @@ def make_eval_step(loss: str | Callable = "cross_entropy", *, axis_name: str | N
     return eval_step
 
 
-def predict(state: TrainState, x: jax.Array) -> jax.Array:
-    """The model's outputs (B, num_outputs) in inference mode (no dropout, running BatchNorm stats)."""
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    return state.apply_fn(variables, x, train=False)
+def predict(state: TrainState, batch) -> jax.Array:
+    """The model's outputs in inference mode for a batch dict (or its input array `x`)."""
+    outputs, _ = state.model.apply(state.params, state.model_state, as_batch(batch), train=False)
+    return outputs

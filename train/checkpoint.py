@@ -8,11 +8,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-_FIELDS = ("step", "params", "opt_state", "batch_stats", "rng")
-
-
-def _tree(state) -> dict:
-    return {name: getattr(state, name) for name in _FIELDS}
+from jnn.state import array_fields as _tree
 
 
 def save_state(path: str, state) -> str:

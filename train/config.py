@@ -14,7 +14,6 @@ import importlib
 import pkgutil
 
 import jnn
-from jnn import losses
 
 REQUIRED_FIELDS = ("dataset", "model", "optimizer", "learning_rate", "batch_size", "epochs", "seed")
 
@@ -122,13 +121,16 @@ def validate(config: dict) -> None:
     checks = (
         ("dataset", jnn.data.dataset_names()), ("model", jnn.models.names()),
         ("optimizer", jnn.optimizer_names()), ("schedule", jnn.schedule_names()),
-        ("loss", losses.loss_names()),
+        ("loss", jnn.objectives.names()),
     )
     for field, known in checks:
         if config.get(field) not in known:
             raise ValueError(f"unknown {field} {config.get(field)!r}; choose one of "
                              f"{', '.join(known)} (--set {field}=NAME)")
-    for field in ("batch_size", "epochs"):
+    if config["compute_dtype"] not in (None, "float32", "bfloat16", "float16"):
+        raise ValueError(f"compute_dtype must be float32, bfloat16 or float16, got "
+                         f"{config['compute_dtype']!r} (--set compute_dtype=bfloat16)")
+    for field in ("batch_size", "epochs", "microbatches"):
         _check_positive_int(config, field)
     if type(config["seed"]) is not int:
         raise ValueError(f"seed must be an integer, got {config['seed']!r}")
@@ -155,7 +157,7 @@ def validate(config: dict) -> None:
         raise ValueError(f"ensemble_learning_rate_scales has {len(scales)} values for "
                          f"{config['ensemble']} members; give one per member")
     task = jnn.data.SPECS[config["dataset"]].task
-    if (task == "regression") != (config["loss"] == "mse"):
+    fitting = {"regression": "mse", "binary": "binary_cross_entropy"}.get(task, "cross_entropy")
+    if config["loss"] != fitting:
         raise ValueError(f"dataset {config['dataset']!r} is a {task} task but loss is "
-                         f"{config['loss']!r}; use --set loss="
-                         f"{'mse' if task == 'regression' else 'cross_entropy'}")
+                         f"{config['loss']!r}; use --set loss={fitting}")

@@ -58,13 +58,12 @@ def _report(sums: dict, dataset: jnn.data.Dataset, prefix: str) -> dict:
     out = {f"{prefix}_loss": float(np.mean(means["loss"]))}
     if "accuracy" in means:
         out[f"{prefix}_accuracy"] = float(np.mean(means["accuracy"]))
-    if "ensemble_count" in sums:
-        count = max(float(sums["ensemble_count"]), 1.0)
+    if "ensemble_loss" in means:
         out[f"{prefix}_member_losses"] = [float(v) for v in np.atleast_1d(means["loss"])]
         if "accuracy" in means:
             out[f"{prefix}_member_accuracies"] = [float(v) for v in means["accuracy"]]
-            out[f"{prefix}_accuracy"] = float(sums["ensemble_correct"]) / count
-        out[f"{prefix}_loss"] = float(sums["ensemble_loss_sum"]) / count
+            out[f"{prefix}_accuracy"] = float(means["ensemble_accuracy"])
+        out[f"{prefix}_loss"] = float(means["ensemble_loss"])
     if dataset.spec.task == "regression":  # loss is MSE of standardised targets
         out[f"{prefix}_mse"] = out[f"{prefix}_loss"] * dataset.y_std ** 2
     return out
@@ -133,7 +132,7 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
             step_metrics.append(runner.train(batch))
             bar.update()
         train_sums = runner.reduce(jnn.sum_metrics(step_metrics))
-        examples += int(np.max(train_sums["count"]))
+        examples += int(np.max(jnn.metrics.count(train_sums)))
         record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                   **_report(train_sums, dataset, "train")}
         if len(dataset.validation["y"]):

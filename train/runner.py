@@ -38,15 +38,22 @@ def make_tx(config: dict, dataset: jnn.data.Dataset):
                               weight_decay=config["weight_decay"], clip_norm=config["clip_norm"])
 
 
-def make_state(config: dict, dataset: jnn.data.Dataset, axis_name: str | None = None):
-    """The initial train state (stacked over members when config["ensemble"] > 1)."""
+def make_state(config: dict, dataset: jnn.data.Dataset, axis_name: str | None = None,
+               mesh=None):
+    """The initial train state (stacked over members when config["ensemble"] > 1); with a
+    mesh, created directly with its shardings (see jnn.parallel.create_sharded_train_state)."""
     model, tx = make_model(config, dataset, axis_name), make_tx(config, dataset)
-    sample_x = np.zeros((1, *dataset.input_shape), np.float32)
+    sample = {"x": np.zeros((1, *dataset.input_shape), np.float32)}
     if config["ensemble"] > 1:
         seeds = [config["seed"] + k for k in range(config["ensemble"])]
-        return jnn.ensemble.create_ensemble_state(
-            model, tx, seeds, sample_x, config["ensemble_learning_rate_scales"])
-    return jnn.create_train_state(model, tx, jax.random.PRNGKey(config["seed"]), sample_x)
+        state = jnn.ensemble.create_ensemble_state(
+            model, tx, seeds, sample, config["ensemble_learning_rate_scales"])
+        return state if mesh is None else parallel.shard_state(state, mesh, fsdp=config["fsdp"])
+    key = jax.random.PRNGKey(config["seed"])
+    if mesh is not None:
+        return parallel.create_sharded_train_state(model, tx, key, sample, mesh,
+                                                   fsdp=config["fsdp"])
+    return jnn.create_train_state(model, tx, key, sample)
 
 
 # -------------------------------------------------------------------- transforms
@@ -91,16 +98,27 @@ class Runner:
         return self.state
 
 
+def make_objective(config: dict):
+    """The config's objective (loss name with its label smoothing)."""
+    options = {"label_smoothing": config["label_smoothing"]} if config["label_smoothing"] else {}
+    return jnn.objectives.get(config["loss"], **options)
+
+
 def _steps(config: dict, axis_name: str | None = None):
-    kwargs = dict(label_smoothing=config["label_smoothing"], l1=config["l1"], l2=config["l2"])
+    objective, penalties = make_objective(config), dict(l1=config["l1"], l2=config["l2"])
     if config["dp_clip_norm"] is not None:
-        kwargs.update(dp_clip_norm=config["dp_clip_norm"],
-                      dp_noise_multiplier=config["dp_noise_multiplier"])
-    train_step = jnn.make_train_step(config["loss"], axis_name=axis_name, **kwargs)
+        train_step = jnn.dp_sgd.make_dp_train_step(
+            objective, clip_norm=config["dp_clip_norm"],
+            noise_multiplier=config["dp_noise_multiplier"], **penalties)
+    else:
+        train_step = jnn.make_train_step(objective, axis_name=axis_name,
+                                         microbatches=config["microbatches"],
+                                         compute_dtype=config["compute_dtype"], **penalties)
     if config["ensemble"] > 1:
         return (jnn.ensemble.ensemble_step(train_step),
-                jnn.ensemble.make_ensemble_eval_step(config["loss"]))
-    return train_step, jnn.make_eval_step(config["loss"], axis_name=axis_name)
+                jnn.ensemble.make_ensemble_eval_step(objective))
+    return train_step, jnn.make_eval_step(objective, axis_name=axis_name,
+                                          compute_dtype=config["compute_dtype"])
 
 
 def _compile(fn, *args) -> tuple[Callable, float, float]:
@@ -127,7 +145,7 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
     elif mode == "shard":
         parallel.check_divisible(batch_size, jax.device_count())
         mesh = parallel.make_mesh()
-        state = parallel.shard_state(make_state(config, dataset), mesh, fsdp=config["fsdp"])
+        state = make_state(config, dataset, mesh=mesh)
         train_fn, eval_fn = _steps(config)
         train_jit = parallel.jit_sharded(train_fn, state, mesh, fsdp=config["fsdp"])
         eval_jit = parallel.jit_sharded(eval_fn, state, mesh, fsdp=config["fsdp"], donate=False)
@@ -140,7 +158,7 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
         train_jit = parallel.pmap_train_step(train_fn)
         eval_jit = parallel.pmap_eval_step(eval_fn)
         place = lambda b: parallel.split_batch(parallel.process_slice(b))  # noqa: E731
-        reduce = lambda sums: {k: v[0] for k, v in sums.items()}  # noqa: E731
+        reduce = lambda sums: jax.tree.map(lambda v: v[0], sums)  # noqa: E731
         devices = jax.device_count()
     else:
         raise ValueError(f"unknown parallel mode {mode!r}; choose auto, none, pmap or shard")

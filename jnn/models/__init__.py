@@ -3,8 +3,9 @@
     model = jnn.models.get("cnn", num_outputs=10)
 
 Every model is a pure `flax.linen.Module` whose `__call__(x, train=False)` maps a batch
-(B, ...) to (B, num_outputs). Bring your own module the same way: jnn's step passes
-`train=` only to modules whose `__call__` accepts it.
+(B, ...) to (B, num_outputs), with `dtype` (computation) and `param_dtype` fields as
+Flax's layers have. Your own Linen or NNX modules need no registry: pass them to
+jnn.create_train_state (see jnn.model for the conventions).
 """
 
 from __future__ import annotations

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jnn.models.activations import get_activation
 from jnn.models.dropout import Dropout
@@ -28,24 +31,33 @@ class CNN(nn.Module):
     batch_norm: bool = False  # BatchNorm after the convolution (not in the seed)
     axis_name: str | None = None  # the pmap batch axis: BatchNorm statistics and dropout
     # masks then cover the global batch, as on one device
+    dtype: Any = None  # computation dtype (None: that of the inputs and parameters)
+    param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, mask: jax.Array | None = None
+                 ) -> jax.Array:
+        """x (B, H, W, C) -> logits (B, num_outputs); `mask` (B,) keeps padded rows out of
+        the BatchNorm statistics."""
         act = get_activation(self.activation)
-        init = get_initializer(self.kernel_init)
+        layer = dict(kernel_init=get_initializer(self.kernel_init), dtype=self.dtype,
+                     param_dtype=self.param_dtype)
         # A bias before BatchNorm is removed by its mean: its gradient is float noise,
         # which Adam would amplify into full-size steps. BatchNorm's own bias replaces it.
         x = nn.Conv(self.features, (3, 3), padding="VALID", use_bias=not self.batch_norm,
-                    kernel_init=init)(x)
+                    **layer)(x)
         if self.batch_norm:
-            x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
+            rows = None if mask is None else jnp.broadcast_to(
+                mask.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
+            x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name,
+                             dtype=self.dtype, param_dtype=self.param_dtype)(x, mask=rows)
         x = act(x)
         x = max_pool_2x2(x)  # (B, H', W', features)
         x = x.reshape((x.shape[0], -1))
-        x = act(nn.Dense(self.hidden, kernel_init=init)(x))
+        x = act(nn.Dense(self.hidden, **layer)(x))
         if self.dropout_rate > 0:
             x = Dropout(self.dropout_rate, self.axis_name)(x, deterministic=not train)
-        return nn.Dense(self.num_outputs, kernel_init=init)(x)
+        return nn.Dense(self.num_outputs, **layer)(x)
 
 
 class CifarCNN(nn.Module):
@@ -60,16 +72,19 @@ class CifarCNN(nn.Module):
     dropout_rate: float = 0.0
     kernel_init: str = "lecun_normal"
     axis_name: str | None = None  # the pmap batch axis, for split-invariant dropout
+    dtype: Any = None  # computation dtype (None: that of the inputs and parameters)
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act = get_activation(self.activation)
-        init = get_initializer(self.kernel_init)
-        x = max_pool_2x2(act(nn.Conv(32, (3, 3), padding=1, kernel_init=init)(x)))  # (B, 16, 16, 32)
-        x = max_pool_2x2(act(nn.Conv(64, (3, 3), padding=1, kernel_init=init)(x)))  # (B, 8, 8, 64)
+        layer = dict(kernel_init=get_initializer(self.kernel_init), dtype=self.dtype,
+                     param_dtype=self.param_dtype)
+        x = max_pool_2x2(act(nn.Conv(32, (3, 3), padding=1, **layer)(x)))  # (B, 16, 16, 32)
+        x = max_pool_2x2(act(nn.Conv(64, (3, 3), padding=1, **layer)(x)))  # (B, 8, 8, 64)
         x = x.reshape((x.shape[0], -1))  # (B, 4096)
-        x = act(nn.Dense(120, kernel_init=init)(x))
-        x = act(nn.Dense(84, kernel_init=init)(x))
+        x = act(nn.Dense(120, **layer)(x))
+        x = act(nn.Dense(84, **layer)(x))
         if self.dropout_rate > 0:
             x = Dropout(self.dropout_rate, self.axis_name)(x, deterministic=not train)
-        return nn.Dense(self.num_outputs, kernel_init=init)(x)
+        return nn.Dense(self.num_outputs, **layer)(x)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jnn.models.activations import get_activation
 from jnn.models.dropout import Dropout
@@ -25,17 +27,20 @@ class MLP(nn.Module):
     dropout_rate: float = 0.0
     kernel_init: str = "lecun_normal"
     axis_name: str | None = None  # the pmap batch axis, for split-invariant dropout
+    dtype: Any = None  # computation dtype (None: that of the inputs and parameters)
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act = get_activation(self.activation)
-        init = get_initializer(self.kernel_init)
+        dense = functools.partial(nn.Dense, kernel_init=get_initializer(self.kernel_init),
+                                  dtype=self.dtype, param_dtype=self.param_dtype)
         x = x.reshape((x.shape[0], -1))  # (B, D)
         for width in self.hidden_sizes:
-            x = act(nn.Dense(width, kernel_init=init)(x))
+            x = act(dense(width)(x))
             if self.dropout_rate > 0:
                 x = Dropout(self.dropout_rate, self.axis_name)(x, deterministic=not train)
-        return nn.Dense(self.num_outputs, kernel_init=init)(x)  # (B, num_outputs)
+        return dense(self.num_outputs)(x)  # (B, num_outputs)
 
 
 class ResidualBlock(nn.Module):
@@ -43,12 +48,16 @@ class ResidualBlock(nn.Module):
 
     width: int
     activation: str = "relu"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, _=None):
-        h = nn.LayerNorm()(x)
-        h = get_activation(self.activation)(nn.Dense(self.width)(h))
-        return x + nn.Dense(self.width)(h), None
+        dense = functools.partial(nn.Dense, self.width, dtype=self.dtype,
+                                  param_dtype=self.param_dtype)
+        h = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        h = get_activation(self.activation)(dense()(h))
+        return x + dense()(h), None
 
 
 class ResMLP(nn.Module):
@@ -63,16 +72,21 @@ class ResMLP(nn.Module):
     num_outputs: int = 10
     activation: str = "relu"
     scan: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train
-        x = nn.Dense(self.width)(x.reshape((x.shape[0], -1)))  # (B, width)
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = dense(self.width)(x.reshape((x.shape[0], -1)))  # (B, width)
+        block = functools.partial(ResidualBlock, self.width, self.activation, self.dtype,
+                                  self.param_dtype)
         if self.scan:
             blocks = nn.scan(ResidualBlock, variable_axes={"params": 0},
                              split_rngs={"params": True}, length=self.depth)
-            x, _ = blocks(self.width, self.activation)(x, None)
+            x, _ = blocks(self.width, self.activation, self.dtype, self.param_dtype)(x, None)
         else:
             for _ in range(self.depth):
-                x, _ = ResidualBlock(self.width, self.activation)(x)
-        return nn.Dense(self.num_outputs)(x)  # (B, num_outputs)
+                x, _ = block()(x)
+        return dense(self.num_outputs)(x)  # (B, num_outputs)

@@ -9,7 +9,7 @@ def base_config() -> dict:
         augment=False,  # the seed CIFAR augmentation: random crop (pad 4) + flip
         model="cnn",
         model_kwargs={},  # fields of the model, e.g. hidden_sizes, dropout_rate, kernel_init
-        loss="cross_entropy",
+        loss="cross_entropy",  # the objective: cross_entropy, mse, binary_cross_entropy
         label_smoothing=0.0,
         l1=0.0,  # L1 penalty on kernels
         l2=0.0,  # L2 penalty on kernels
@@ -22,6 +22,8 @@ def base_config() -> dict:
         schedule_kwargs={},  # step: step_epochs, gamma; warmup_cosine: warmup_epochs
         batch_size=128,  # the seed's batch size
         epochs=10,
+        microbatches=1,  # > 1: gradient accumulation over this many slices of each batch
+        compute_dtype=None,  # None (float32) or bfloat16 / float16 (mixed precision)
         early_stopping_patience=0,  # stop after this many epochs without a better val loss; 0: off
         seed=0,
         save_checkpoint=True,  # the final state to WORKDIR/checkpoint (orbax)
