@@ -203,6 +203,9 @@ class ShardedStep:
                                    out_shardings=replicated(self._mesh))
         return self._jitted
 
+    def trace(self, state, batch):
+        return (self._jitted or self._build(state, batch)).trace(state, batch)
+
     def lower(self, state, batch):
         return (self._jitted or self._build(state, batch)).lower(state, batch)
 

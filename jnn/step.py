@@ -51,16 +51,19 @@ def _model_batch(state: TrainState, batch: Batch, compute_dtype) -> Batch:
 
 
 def forward(state: TrainState, params, model_state, batch: Batch, objective: Objective, *,
-            train: bool, rng=None, compute_dtype=None):
+            train: bool, rng=None, compute_dtype=None, units: dict | None = None):
     """Runs the model and the objective on one device's batch.
 
-    Returns ((loss sum, weight sum, objective metrics), outputs in float32, new model state).
+    Returns ((loss sum, weight sum, objective metrics), outputs in float32, new model state);
+    `units["count"]` is set to the number of units (a static size) when `units` is given.
     """
     params = precision.cast_floats(params, compute_dtype)
     outputs, new_model_state = state.model.apply(
         params, model_state, _model_batch(state, batch, compute_dtype), train=train, rng=rng)
     outputs = precision.cast_floats(outputs, jnp.float32)
     unit_losses, weights, metrics = objectives_lib.evaluate(objective, outputs, batch)
+    if units is not None:
+        units["count"] = int(unit_losses.size)
     loss_sum = (unit_losses.astype(jnp.float32) * weights).sum()
     return (loss_sum, weights.sum(), metrics), outputs, new_model_state
 
@@ -100,13 +103,17 @@ def make_train_step(objective: str | Objective = "cross_entropy", *,
                              "create_train_state(..., loss_scale=jnn.precision."
                              "DynamicLossScale.create())")
         rng = jax.random.fold_in(state.rng, state.step)
-        scale = 1.0 if state.loss_scale is None else state.loss_scale.scale
+        scale = None if state.loss_scale is None else state.loss_scale.scale
+
+        units = {}  # the static number of units in a (micro)batch, found while tracing
 
         def scaled_loss_sum(params, model_state, micro, micro_rng):
             (loss_sum, weight_sum, metrics), _, new_model_state = forward(
                 state, params, model_state, micro, objective, train=True, rng=micro_rng,
-                compute_dtype=compute_dtype)
-            return loss_sum * scale, (loss_sum, weight_sum, metrics, new_model_state)
+                compute_dtype=compute_dtype, units=units)
+            # with a loss scale, scale the mean over the units, as float16 recipes do
+            factor = 1.0 if state.loss_scale is None else scale / units["count"]
+            return loss_sum * factor, (loss_sum, weight_sum, metrics, new_model_state)
 
         grad_fn = jax.grad(scaled_loss_sum, has_aux=True)
         if microbatches == 1:
@@ -130,7 +137,9 @@ def make_train_step(objective: str | Objective = "cross_entropy", *,
         if axis_name is not None:
             grads, weight_sum, metrics = jax.lax.psum((grads, weight_sum, metrics), axis_name)
             model_state = jax.lax.pmean(model_state, axis_name)
-        grads = jax.tree.map(lambda g: g / (scale * jnp.maximum(weight_sum, 1.0)), grads)
+        if state.loss_scale is not None:
+            grads = jax.tree.map(lambda g: g * (units["count"] / scale), grads)
+        grads = jax.tree.map(lambda g: g / jnp.maximum(weight_sum, 1.0), grads)
         if l1 or l2:
             grads = jax.tree.map(jnp.add, grads, jax.grad(losses.weight_penalty)(state.params, l1, l2))
         new_state = state.apply_gradients(grads=grads, model_state=model_state)

@@ -1,0 +1,173 @@
+"""Objectives: per-unit losses and weights, next-token loss over padded sequences, your own
+objective and metric; exact means over batches, devices and uneven splits."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jnn
+from jnn import parallel
+
+VOCAB, LENGTH = 11, 6
+
+
+class TinyLM(nn.Module):
+    """Embeds each token and predicts the next from it and a running mean of the prefix."""
+
+    @nn.compact
+    def __call__(self, tokens, train: bool = False):
+        h = nn.Embed(VOCAB, 16)(tokens)  # (B, T, 16)
+        prefix = jnp.cumsum(h, axis=1) / jnp.arange(1, tokens.shape[1] + 1)[None, :, None]
+        return nn.Dense(VOCAB)(jnp.tanh(nn.Dense(16)(jnp.concatenate([h, prefix], -1))))
+
+
+def _sequences(rng, size=16, lengths=None):
+    tokens = rng.integers(0, VOCAB, size=(size, LENGTH + 1))
+    lengths = rng.integers(2, LENGTH + 2, size=size) if lengths is None else np.asarray(lengths)
+    mask = np.arange(LENGTH + 1)[None, :] < lengths[:, None]  # (B, T+1)
+    return jnn.objectives.next_token_batch(tokens, mask)
+
+
+def _lm_state(batch, tx=None):
+    return jnn.create_train_state(TinyLM(), tx or optax.sgd(0.5), jax.random.PRNGKey(0), batch)
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_next_token_loss_is_the_exact_mean_over_real_tokens(rng):
+    batch = _sequences(rng)
+    state = _lm_state(batch)
+    logits = np.asarray(jnn.predict(state, batch), np.float64)  # (B, T, V)
+    nll = -np.take_along_axis(_log_softmax(logits), batch["y"][..., None], -1)[..., 0]
+    mask = batch["mask"]
+    sums = jnn.sum_metrics([jax.jit(jnn.make_eval_step("next_token"))(state, batch)])
+    means = jnn.summarize(sums)
+    assert float(sums["loss"][1]) == mask.sum()  # one unit per real token
+    np.testing.assert_allclose(means["loss"], nll[mask].mean(), rtol=1e-5)
+    np.testing.assert_allclose(means["perplexity"], np.exp(nll[mask].mean()), rtol=1e-5)
+    hits = logits.argmax(-1) == batch["y"]
+    np.testing.assert_allclose(means["accuracy"], hits[mask].mean(), rtol=1e-6)
+
+
+def test_next_token_gradient_is_that_of_the_token_mean(rng):
+    batch = _sequences(rng)
+    state = _lm_state(batch)
+
+    def token_mean(params):
+        logits = state.model.module.apply({"params": params}, batch["x"], train=True)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+        return (nll * batch["mask"]).sum() / batch["mask"].sum()
+
+    expected = jax.tree.map(lambda p, g: p - 0.5 * g, state.params,
+                            jax.grad(token_mean)(state.params))
+    new_state, _ = jax.jit(jnn.make_train_step("next_token"))(state, batch)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 new_state.params, expected)
+
+
+@pytest.mark.parametrize("transform", ["pmap", "shard"])
+def test_next_token_under_uneven_splits_matches_one_device(rng, transform):
+    # 16 sequences over 8 devices; the last 6 are all padding, so devices 5-7 hold none
+    lengths = np.concatenate([rng.integers(2, LENGTH + 2, size=10), np.zeros(6, int)])
+    batches = [_sequences(rng, lengths=lengths) for _ in range(2)]
+    state = _lm_state(batches[0])
+    expected, expected_metrics = state, []
+    for b in batches:
+        expected, m = jax.jit(jnn.make_train_step("next_token"))(expected, b)
+        expected_metrics.append(m)
+    if transform == "pmap":
+        step = parallel.pmap_train_step(jnn.make_train_step("next_token",
+                                                            axis_name=parallel.PMAP_AXIS))
+        got, metrics = parallel.replicate(state), []
+        for b in batches:
+            got, m = step(got, parallel.split_batch(b))
+            metrics.append(jax.tree.map(lambda v: v[0], m))
+        got = parallel.unreplicate(got)
+    else:
+        mesh = parallel.make_mesh()
+        got = parallel.shard_state(state, mesh)
+        step, metrics = parallel.jit_sharded(jnn.make_train_step("next_token"), got, mesh), []
+        for b in batches:
+            got, m = step(got, parallel.shard_batch(b, mesh))
+            metrics.append(m)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 got.params, expected.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
+                 jnn.sum_metrics(metrics), jnn.sum_metrics(expected_metrics))
+
+
+def squared_error_with_hits(outputs, batch):
+    """A researcher's own objective: squared error per example, and its own metric."""
+    losses = ((outputs[:, 0] - batch["target"]) ** 2)
+    weights = jnn.objectives.unit_weights(batch, losses.shape)
+    within = jnp.abs(outputs[:, 0] - batch["target"]) < 0.5
+    return losses, weights, {"within_half": jnn.objectives.weighted_mean_metric(within, weights)}
+
+
+class Regressor(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(1)(nn.tanh(nn.Dense(8)(x)))
+
+
+def test_your_own_objective_and_metric_add_up_over_any_split_of_the_batch(rng):
+    x = rng.normal(size=(12, 3)).astype(np.float32)
+    batch = {"x": x, "target": x.sum(1).astype(np.float32), "mask": np.arange(12) < 10}
+    state = jnn.create_train_state(Regressor(), optax.sgd(0.1), jax.random.PRNGKey(0), x)
+    evaluate = jax.jit(jnn.make_eval_step(squared_error_with_hits))
+    whole = jnn.sum_metrics([evaluate(state, batch)])
+    parts = jnn.sum_metrics([evaluate(state, jax.tree.map(lambda v: v[a:b], batch))
+                             for a, b in ((0, 7), (7, 12))])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), whole, parts)
+    prediction = np.asarray(jnn.predict(state, batch))[:10, 0]
+    error = (prediction - batch["target"][:10]) ** 2
+    means = jnn.summarize(whole)
+    np.testing.assert_allclose(means["loss"], error.mean(), rtol=1e-5)
+    np.testing.assert_allclose(means["within_half"], (np.sqrt(error) < 0.5).mean())
+    new_state, _ = jax.jit(jnn.make_train_step(squared_error_with_hits))(state, batch)
+    assert int(new_state.step) == 1
+
+
+def test_an_objective_that_returns_the_wrong_thing_is_named(rng):
+    x = rng.normal(size=(4, 3)).astype(np.float32)
+    state = jnn.create_train_state(Regressor(), optax.sgd(0.1), jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match=r"\(losses, weights, metrics\)"):
+        jnn.make_eval_step(lambda outputs, batch: outputs.sum())(state, {"x": x})
+    with pytest.raises(ValueError, match="differ in shape"):
+        jnn.make_eval_step(lambda o, b: (o[:, 0], jnp.ones(3), {}))(state, {"x": x})
+    with pytest.raises(ValueError, match="sum, count"):
+        jnn.make_eval_step(lambda o, b: (o[:, 0], jnp.ones(4), {"m": o.sum()}))(state, {"x": x})
+
+
+def test_objective_names_and_options_are_checked():
+    with pytest.raises(ValueError, match="choose one of"):
+        jnn.objectives.get("hinge")
+    with pytest.raises(ValueError, match="its options are"):
+        jnn.objectives.get("mse", label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+        jnn.objectives.get("cross_entropy", label_smoothing=2.0)
+    with pytest.raises(ValueError, match="objective must be a name"):
+        jnn.make_train_step(3)
+
+
+def test_a_mask_of_the_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match="per example or one of the units' shape"):
+        jnn.objectives.unit_weights({"mask": np.ones((3, 2), bool)}, (4, 2))
+
+
+@pytest.mark.parametrize("labels", ["integer", "one_hot"])
+def test_classification_accepts_integer_and_one_hot_labels_alike(rng, labels):
+    logits = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+    y = rng.integers(0, 5, size=8)
+    target = y if labels == "integer" else np.eye(5)[y]
+    losses, weights, metrics = jnn.objectives.get("cross_entropy")(logits, {"y": target})
+    np.testing.assert_allclose(losses, optax.softmax_cross_entropy_with_integer_labels(logits, y),
+                               rtol=1e-6)
+    assert float(metrics["accuracy"][0]) == float((np.asarray(logits).argmax(-1) == y).sum())
+    assert float(metrics["accuracy"][1]) == 8.0 == float(weights.sum())
