@@ -3,10 +3,16 @@
     python -m benchmarks --quick --out /tmp/b        # under 5 minutes on 2 CPU cores
     python -m benchmarks --out benchmarks/results/cpu-2core   # the full run, under 30
     python -m benchmarks --only '*/mlp/jit/*'         # one model, every framework
+    python -m benchmarks --quick --rounds 7           # more rounds: tighter ratios
 
-Every measurement runs in a fresh process (python -m benchmarks.worker); JAX-based
-frameworks and torch.compile run a second fresh process on the filled persistent cache
-for the warm compile time. Writes DIR/results.json, DIR/results.md and PNG plots.
+Every measurement runs in its own fresh process (python -m benchmarks.worker), so that
+frameworks never share thread pools. The measurements compared with each other (the
+frameworks of one model; the ensemble sizes or device counts of one transform) are timed
+interleaved: all their processes build and compile, one after another, then take turns
+timing steps over several rounds (benchmarks.interleave), and every ratio in the report is
+the median of its per-round ratios, with their spread. JAX-based frameworks and
+torch.compile run a second fresh process on the filled persistent cache for the warm
+compile time. Writes DIR/results.json, DIR/results.md and PNG plots.
 """
 
 from __future__ import annotations
@@ -15,46 +21,12 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 
 from tqdm.auto import tqdm
 
-from benchmarks import frameworks, machine, plan, report, schema
-
-WORKER_TIMEOUT_S = 900
-
-
-def _run_worker(spec: dict) -> list[dict]:
-    result = subprocess.run([sys.executable, "-m", "benchmarks.worker", json.dumps(spec)],
-                            capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    if result.returncode != 0 or not lines:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"worker exited {result.returncode}: {tail[0][:300]}")
-    return json.loads(lines[-1])
-
-
-def measure(spec: dict, cache_root: str, *, warm: bool = True) -> list[dict]:
-    """Cold records of `spec`, with compile_warm_s from a second process where it applies
-    (JAX-based frameworks; torch.compile too unless `warm` is False)."""
-    cache_dir = tempfile.mkdtemp(dir=cache_root)
-    spec = {**spec, "cache_dir": cache_dir}
-    try:
-        records = _run_worker(spec)
-        warm_frameworks = frameworks.JAX_FRAMEWORKS + (("torch-compile",) if warm else ())
-        if spec["framework"] in warm_frameworks:
-            warm = _run_worker({**spec, "warm": True})
-            for record, warm_record in zip(records, warm):
-                record["compile_warm_s"] = warm_record["compile_s"]
-    except (RuntimeError, subprocess.TimeoutExpired) as err:
-        base = {k: spec[k] for k in ("framework", "model", "transform", "devices", "ensemble",
-                                      "batch")}
-        records = [{**base, "step": step, "error": str(err).splitlines()[0]}
-                   for step in ("train", "eval")]
-    return records
+from benchmarks import frameworks, interleave, machine, plan, report, schema
 
 
 def check_parameter_counts(records: list[dict]) -> list[str]:
@@ -91,13 +63,17 @@ def main(argv=None) -> int:
                         help="fnmatch on framework/model/transform/Ndev/kK, e.g. 'jnn/*'")
     parser.add_argument("--out", default=None, help="output folder (default: "
                         "benchmarks/results/<machine>)")
+    parser.add_argument("--rounds", type=int, metavar="N", help="rounds of interleaved "
+                        "timing (default: 3 with --quick, else 5)")
     parser.add_argument("--report", metavar="DIR", help="only rewrite DIR/results.md and the "
                         "plots from DIR/results.json (no measuring)")
     args = parser.parse_args(argv)
     if args.report:
         return write_report(args.report)
 
-    specs = plan.make_plan(quick=args.quick, only=args.only)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    specs = plan.make_plan(quick=args.quick, only=args.only, rounds=args.rounds)
     if not specs:
         print(f"error: --only {args.only!r} matches no measurement; try '*/mlp/*'",
               file=sys.stderr)
@@ -106,19 +82,27 @@ def main(argv=None) -> int:
     out = args.out or os.path.join("benchmarks", "results", machine.slug(info))
     os.makedirs(out, exist_ok=True)
     records = []
+    # --quick skips torch.compile's warm compile, to stay short
+    warm_frameworks = frameworks.JAX_FRAMEWORKS + (() if args.quick else ("torch-compile",))
     with tempfile.TemporaryDirectory(prefix="jnn-bench-cache-") as cache_root:
-        bar = tqdm(specs, unit="measurement", file=sys.stderr)
-        for spec in bar:
-            bar.set_postfix_str(plan.spec_name(spec))
-            new = measure(spec, cache_root, warm=not args.quick)
+        bar = tqdm(total=len(specs), unit="measurement", file=sys.stderr)
+        for group in plan.groups(specs):
+            name = f"{group[0]['model']}/{group[0]['transform']}"
+            new = interleave.measure_group(
+                group, cache_root, rounds=group[0]["rounds"], warm_frameworks=warm_frameworks,
+                progress=lambda message: bar.set_postfix_str(f"{name}: {message}"))
             records += new
-            if new[0].get("error"):
-                tqdm.write(f"{plan.spec_name(spec)}: {new[0]['error']}", file=sys.stderr)
+            for record in new:
+                if record.get("error") and record["step"] == "train":
+                    tqdm.write(f"{plan.spec_name(record)}: {record['error']}", file=sys.stderr)
+            bar.update(len(group))
+        bar.close()
     results = {
         "machine": info,
         "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "settings": {"quick": args.quick, "only": args.only, "batch": plan.BATCH,
-                     "warmup": specs[0]["warmup"], "repeats": specs[0]["repeats"]},
+                     "warmup": specs[0]["warmup"], "repeats": specs[0]["repeats"],
+                     "rounds": specs[0]["rounds"]},
         "parameter_count_problems": check_parameter_counts(records),
         "records": records,
     }

@@ -1,5 +1,6 @@
 """Which measurements a run makes: every framework on the seed models and the residual-MLP
-depths, jnn's ensembles (vmap), and jnn's data parallelism over 1-8 devices."""
+depths, jnn's ensembles (vmap), and jnn's data parallelism over 1-8 devices; and which of
+them are timed interleaved, as one group (`groups`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ QUICK_DEPTHS = (2, 8)
 ENSEMBLES = (1, 4, 16)
 DEVICE_COUNTS = (1, 2, 4, 8)
 BATCH = 128  # the seed's batch size
+# untimed steps before the first round, timed steps per round, rounds
+QUICK_TIMING = {"warmup": 3, "repeats": 5, "rounds": 3}
+FULL_TIMING = {"warmup": 5, "repeats": 6, "rounds": 5}
 
 
 def spec_name(spec: dict) -> str:
@@ -21,12 +25,18 @@ def spec_name(spec: dict) -> str:
             f"k{spec['ensemble']}")
 
 
-def make_plan(*, quick: bool, only: str | None = None) -> list[dict]:
-    """The specs of a run, in order. `only`: an fnmatch pattern on `spec_name`."""
+def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None) -> list[dict]:
+    """The specs of a run, in order. `only`: an fnmatch pattern on `spec_name`; `rounds`:
+    instead of the default rounds (3 quick, 5 full)."""
+    timing = {**(QUICK_TIMING if quick else FULL_TIMING)}
+    if rounds is not None:
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, not {rounds}")
+        timing["rounds"] = rounds
+
     def spec(framework, model, transform="jit", devices=1, ensemble=1):
         return {"framework": framework, "model": model, "transform": transform,
-                "devices": devices, "ensemble": ensemble, "batch": BATCH,
-                "warmup": 3 if quick else 5, "repeats": 10 if quick else 30}
+                "devices": devices, "ensemble": ensemble, "batch": BATCH, **timing}
 
     depths = QUICK_DEPTHS if quick else FULL_DEPTHS
     plan = [spec(f, m) for m in SEED_MODELS for f in FRAMEWORKS]
@@ -42,3 +52,14 @@ def make_plan(*, quick: bool, only: str | None = None) -> list[dict]:
     if only:
         plan = [s for s in plan if fnmatch.fnmatch(spec_name(s), only)]
     return plan
+
+
+def groups(specs: list[dict]) -> list[list[dict]]:
+    """`specs` grouped to be timed interleaved (benchmarks.interleave): one group per model
+    and transform, i.e. the frameworks of one model under jit, the ensemble sizes of one
+    model under vmap, the device counts of one model under shard or pmap. Groups come in
+    the order of their first spec."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for spec in specs:
+        grouped.setdefault((spec["model"], spec["transform"]), []).append(spec)
+    return list(grouped.values())

@@ -1,9 +1,11 @@
 """results.md (tables with ratios to the hand-written Flax step and to PyTorch eager) and
-the PNG plots, from the records of one run."""
+the PNG plots, from the records of one run. A step-time ratio is the median of its
+per-round ratios, with their min-max (`step_ratio`)."""
 
 from __future__ import annotations
 
 import os
+import statistics
 
 FRAMEWORK_ORDER = ("jnn", "flax", "nnx", "keras", "torch", "torch-compile")
 
@@ -25,6 +27,33 @@ def _ratio(value, reference):
     return f"{value / reference:.2f}x"
 
 
+def step_ratio(record, reference) -> tuple[float, float, float] | None:
+    """`record`'s step time over `reference`'s: (median, min, max) of the per-round ratios,
+    each of a round's median over the reference's median of the same round (interleaved,
+    so drift between rounds cancels). Records without rounds (results from before them)
+    give the ratio of their step_ms, thrice. None when either has no step time."""
+    if not (record and reference and record.get("step_ms") and reference.get("step_ms")):
+        return None
+    values, references = record.get("round_step_ms"), reference.get("round_step_ms")
+    if values and references and len(values) == len(references) and all(references):
+        ratios = [v / r for v, r in zip(values, references)]
+        return statistics.median(ratios), min(ratios), max(ratios)
+    ratio = record["step_ms"] / reference["step_ms"]
+    return ratio, ratio, ratio
+
+
+def _step_ratio(record, reference) -> str:
+    """A step_ratio as "0.98x (0.95–1.02)"; as "0.98x" where it has no spread (the
+    reference itself, one round, or results from before rounds)."""
+    ratio = step_ratio(record, reference)
+    if ratio is None:
+        return "—"
+    median, low, high = ratio
+    if low == high:
+        return f"{median:.2f}x"
+    return f"{median:.2f}x ({low:.2f}–{high:.2f})"
+
+
 def compile_total(record) -> float | None:
     """Cold trace + lower + compile seconds (what a user waits for before the first step)."""
     if record is None or record.get("compile_s") is None:
@@ -39,7 +68,8 @@ def models_in(records, transform="jit"):
 
 
 def headline_table(records, step="train") -> list[str]:
-    """Per model and framework: step ms (ratio to flax, to torch) and cold compile s (ratio)."""
+    """Per model and framework: step ms (ratio to flax, to torch, with their spread over
+    rounds) and cold compile s (ratio to flax)."""
     lines = ["| model | framework | step ms | vs flax | vs torch | compile s | vs flax | warm compile s |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for model in models_in(records):
@@ -51,8 +81,7 @@ def headline_table(records, step="train") -> list[str]:
                 continue
             lines.append(
                 f"| {model} | {fw} | {_fmt(r['step_ms'])} | "
-                f"{_ratio(r['step_ms'], flax and flax['step_ms'])} | "
-                f"{_ratio(r['step_ms'], torch and torch['step_ms'])} | "
+                f"{_step_ratio(r, flax)} | {_step_ratio(r, torch)} | "
                 f"{_fmt(compile_total(r))} | {_ratio(compile_total(r), compile_total(flax))} | "
                 f"{_fmt(r['compile_warm_s'])} |")
     return lines
@@ -84,6 +113,19 @@ def transform_table(records) -> list[str]:
     return lines
 
 
+def _timing_sentence(settings: dict) -> str:
+    """How the steps were timed, from a run's settings (older runs had no rounds)."""
+    if "rounds" not in settings:
+        return (f"{settings['repeats']} timed steps after {settings['warmup']} warm-up steps; "
+                "each measurement in a fresh process.")
+    return (f"{settings['rounds']} rounds of {settings['repeats']} timed steps (after "
+            f"{settings['warmup']} warm-up steps, and one more before each later round). Each "
+            "measurement runs in its own fresh process; the measurements of one model and "
+            "transform (the frameworks of a model, say) take turns within each round, in an "
+            "order that rotates from round to round, so drift of the machine between rounds "
+            "falls on all of them alike.")
+
+
 def write_markdown(results: dict, path: str) -> None:
     records, machine = results["records"], results["machine"]
     errors = [r for r in records if r.get("error")]
@@ -93,11 +135,14 @@ def write_markdown(results: dict, path: str) -> None:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, devices {machine['devices']}; "
         f"versions {machine['versions']}.",
         f"Command: `{results['command']}`; batch {results['settings']['batch']}, "
-        f"{results['settings']['repeats']} timed steps after {results['settings']['warmup']} "
-        "warm-up steps; each measurement in a fresh process.",
+        f"{_timing_sentence(results['settings'])}",
         "",
         "Ratios are this framework's time over the reference's in the same run (below 1: "
-        "faster). Compile s is trace + lower + compile, cold (empty persistent cache); warm "
+        "faster). "
+        + ("Step ratios are taken round by round and given as the median over rounds "
+           "(min–max over rounds); step ms is the median of every timed step of every round. "
+           if "rounds" in results["settings"] else "") +
+        "Compile s is trace + lower + compile, cold (empty persistent cache); warm "
         "compile s is the compile phase in a second process with the persistent cache filled "
         "(JAX's compilation cache; torch's inductor cache). Keras and torch.compile compile on "
         "the first call: their compile s is the first call minus a steady step. The flax peer "

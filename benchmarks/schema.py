@@ -25,6 +25,11 @@ def record_problems(record: dict) -> list[str]:
             problems.append(f"missing {name}")
         elif not isinstance(record[name], kind):
             problems.append(f"{name}={record[name]!r} is not {kind}")
+    # each round's median step ms; optional (results from before interleaved rounds lack it)
+    rounds = record.get("round_step_ms")
+    if rounds is not None and not (isinstance(rounds, list) and
+                                   all(isinstance(v, (int, float)) for v in rounds)):
+        problems.append(f"round_step_ms={rounds!r} is not a list of numbers")
     if record.get("transform") not in TRANSFORMS:
         problems.append(f"transform {record.get('transform')!r} is not one of {TRANSFORMS}")
     return problems

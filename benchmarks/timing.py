@@ -1,4 +1,4 @@
-"""Measuring functions: ahead-of-time compile phases and step-time statistics."""
+"""Measuring functions: ahead-of-time compile phases, timed steps and their statistics."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def compile_phases(jitted, *args) -> tuple[Any, dict[str, float | None]]:
                       "compile_s": done - lowered_at}
 
 
-def step_times(step: Callable[[], Any], *, warmup: int, repeats: int) -> dict[str, float]:
+def time_steps(step: Callable[[], Any], *, warmup: int, repeats: int) -> list[float]:
     """Runs `step` (which must block until its work is done) `warmup` times unmeasured, then
-    `repeats` times measured; returns median, min and max milliseconds per step."""
+    `repeats` times measured; returns the milliseconds of each measured step."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     for _ in range(warmup):
@@ -40,8 +40,19 @@ def step_times(step: Callable[[], Any], *, warmup: int, repeats: int) -> dict[st
         start = time.perf_counter()
         step()
         times.append((time.perf_counter() - start) * 1e3)
-    return {"step_ms": statistics.median(times), "step_ms_min": min(times),
-            "step_ms_max": max(times)}
+    return times
+
+
+def step_stats(rounds: list[list[float]]) -> dict[str, Any]:
+    """Statistics of the step milliseconds of several rounds (one list per round): median,
+    min and max over every step of every round, and each round's median (round_step_ms,
+    what per-round ratios are taken of)."""
+    steps = [t for times in rounds for t in times]
+    if not steps:
+        raise ValueError("no timed steps")
+    return {"step_ms": statistics.median(steps), "step_ms_min": min(steps),
+            "step_ms_max": max(steps),
+            "round_step_ms": [statistics.median(times) for times in rounds]}
 
 
 def first_call_overhead(step: Callable[[], Any]) -> float:

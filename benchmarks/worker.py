@@ -1,9 +1,19 @@
-"""Runs one benchmark spec in this (fresh) process and prints its records as one JSON line.
+"""Runs one benchmark spec in this (fresh) process, timed on command over stdin/stdout.
 
     python -m benchmarks.worker '{"framework": "jnn", "model": "cnn", ...}'
 
-A fresh process per measurement keeps frameworks from sharing thread pools or caches,
+The worker builds the spec (measuring its compile time) and prints one JSON line,
+{"records": [train record, eval record]}, with the step fields still empty. It then answers
+each command line on stdin, {"step": "train", "warmup": W, "repeats": N}, with
+{"step_ms": [N milliseconds]} (N timed steps after W untimed ones), until stdin closes;
+benchmarks.interleave drives several workers this way, one at a time, and fills the step
+fields (`finish`). With spec["warm"] (the persistent cache is already filled) the worker
+exits after its first line, whose records are complete: only compile times are measured.
+
+A fresh process per framework keeps frameworks from sharing thread pools or caches,
 and lets a second process measure compilation from a warm persistent cache honestly.
+Protocol lines are the only output on stdout: whatever else the process prints goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -11,6 +21,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TextIO
+
+from benchmarks import frameworks, timing
+
+IDENTITY = ("framework", "model", "transform", "devices", "ensemble", "batch")
+STEPS = ("train", "eval")
+LATER_ROUND_WARMUP = 1
 
 
 def _configure(spec: dict) -> None:
@@ -27,43 +44,100 @@ def _configure(spec: dict) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def run(spec: dict) -> list[dict]:
-    """Builds and measures `spec`; returns one record for the train step and one for eval.
+def warmup_steps(spec: dict, round_index: int) -> int:
+    """Untimed steps before a round: spec["warmup"] before the first, one before each later
+    round (it refills the caches that the other workers' rounds evicted)."""
+    return spec["warmup"] if round_index == 0 else LATER_ROUND_WARMUP
 
-    With spec["warm"], only compile times are measured (the persistent cache is warm).
-    """
-    from benchmarks import frameworks, timing
 
+def error_records(spec: dict, message: str) -> list[dict]:
+    """The train and eval records of a spec that could not be measured."""
+    return [{**{k: spec[k] for k in IDENTITY}, "step": step, "error": message.splitlines()[0]}
+            for step in STEPS]
+
+
+def prepare(spec: dict) -> tuple[frameworks.Bench, list[dict]]:
+    """Builds `spec` and measures its compilation; returns the Bench and its train and eval
+    records, whose step fields `finish` fills. Frameworks that compile on the first call
+    carry that call's seconds as first_call_s until then."""
     bench = frameworks.get(spec["framework"]).build(spec)
     first = {}
     if bench.phases is None:  # compiles on the first call (or never: torch eager)
         first = {"train": timing.first_call_overhead(bench.train),
                  "eval": timing.first_call_overhead(bench.eval)}
     records = []
-    for step_name, step in (("train", bench.train), ("eval", bench.eval)):
-        record = {k: spec[k] for k in ("framework", "model", "transform", "devices", "ensemble",
-                                       "batch")}
+    for step_name in STEPS:
+        record = {k: spec[k] for k in IDENTITY}
         record.update(step=step_name, parameters=bench.parameters, trace_s=None, lower_s=None,
                       compile_s=None, compile_warm_s=None, step_ms=None, step_ms_min=None,
-                      step_ms_max=None, examples_per_s=None)
+                      step_ms_max=None, examples_per_s=None, round_step_ms=None)
         if bench.phases is not None:
             record.update(bench.phases[step_name])
-        if not spec.get("warm"):
-            record.update(timing.step_times(step, warmup=spec["warmup"], repeats=spec["repeats"]))
-            record["examples_per_s"] = spec["batch"] * spec["ensemble"] / (record["step_ms"] / 1e3)
-        if bench.phases is None and bench.compiles:
-            # first call minus a steady step (a warm run has no steady step measured:
-            # there the first call is reported whole; steps take milliseconds)
-            steady = (record["step_ms"] or 0.0) / 1e3
-            record["compile_s"] = max(0.0, first[step_name] - steady)
+        elif bench.compiles:
+            record["first_call_s"] = first[step_name]
         records.append(record)
-    return records
+    return bench, records
+
+
+def finish(record: dict, rounds_ms: list[list[float]]) -> dict:
+    """A copy of a `prepare` record with the step milliseconds of its rounds (one list per
+    round; none for a warm-cache run): step statistics, throughput, and for first-call
+    frameworks compile_s, the first call minus a steady step (a warm run has no steady step
+    measured: there the first call is reported whole; steps take milliseconds)."""
+    record = dict(record)
+    first_call_s = record.pop("first_call_s", None)
+    steady_s = 0.0
+    if rounds_ms:
+        record.update(timing.step_stats(rounds_ms))
+        record["examples_per_s"] = record["batch"] * record["ensemble"] / (record["step_ms"] / 1e3)
+        steady_s = record["step_ms"] / 1e3
+    if first_call_s is not None:
+        record["compile_s"] = max(0.0, first_call_s - steady_s)
+    return record
+
+
+def run(spec: dict) -> list[dict]:
+    """Builds and measures `spec` in this process: spec.get("rounds", 1) rounds of each step,
+    back to back (no other worker in between); returns the train and eval records.
+
+    With spec["warm"], only compile times are measured (the persistent cache is warm).
+    """
+    bench, records = prepare(spec)
+    steps = {"train": bench.train, "eval": bench.eval}
+    rounds = 0 if spec.get("warm") else spec.get("rounds", 1)
+    return [finish(record, [timing.time_steps(steps[record["step"]],
+                                              warmup=warmup_steps(spec, i),
+                                              repeats=spec["repeats"]) for i in range(rounds)])
+            for record in records]
+
+
+def _send(replies: TextIO, message: dict) -> None:
+    replies.write(json.dumps(message) + "\n")
+    replies.flush()
+
+
+def serve(spec: dict, commands: TextIO, replies: TextIO) -> None:
+    """Builds `spec`, sends its records, then times steps on each command until `commands`
+    ends (the protocol of the module docstring)."""
+    bench, records = prepare(spec)
+    if spec.get("warm"):
+        _send(replies, {"records": [finish(record, []) for record in records]})
+        return
+    _send(replies, {"records": records})
+    steps = {"train": bench.train, "eval": bench.eval}
+    for line in iter(commands.readline, ""):
+        command = json.loads(line)
+        _send(replies, {"step_ms": timing.time_steps(steps[command["step"]],
+                                                     warmup=command["warmup"],
+                                                     repeats=command["repeats"])})
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library prints go to stderr
     _configure(spec)
-    print(json.dumps(run(spec)))
+    serve(spec, sys.stdin, replies)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The benchmark suite's measuring functions, records, peers and report (no timing asserted)."""
+"""The benchmark suite's measuring functions, records, peers, interleaved rounds and report
+(no timing asserted)."""
 
 import json
 import os
@@ -10,16 +11,22 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 from benchmarks import __main__ as bench_main  # noqa: E402
-from benchmarks import frameworks, models, plan, report, schema, timing, worker  # noqa: E402
+from benchmarks import (frameworks, interleave, models, plan, report, schema, timing,  # noqa: E402
+                        worker)
 
 SMALL_MODELS = ("mlp", "cnn", "cifar_cnn", "resmlp-2")
 
 
-def test_step_times_runs_warmup_unmeasured_and_reports_ordered_stats():
+def test_time_steps_runs_warmup_unmeasured_and_times_each_repeat():
     calls = []
-    stats = timing.step_times(lambda: calls.append(1), warmup=3, repeats=5)
-    assert len(calls) == 8
-    assert 0 <= stats["step_ms_min"] <= stats["step_ms"] <= stats["step_ms_max"]
+    times = timing.time_steps(lambda: calls.append(1), warmup=3, repeats=5)
+    assert len(calls) == 8 and len(times) == 5 and all(t >= 0 for t in times)
+
+
+def test_step_stats_pool_every_round_and_keep_each_rounds_median():
+    stats = timing.step_stats([[1.0, 2.0, 9.0], [10.0, 20.0]])
+    assert stats == {"step_ms": 9.0, "step_ms_min": 1.0, "step_ms_max": 20.0,
+                     "round_step_ms": [2.0, 15.0]}
 
 
 def test_compile_phases_returns_a_working_executable_and_three_phases():
@@ -61,12 +68,13 @@ def test_every_framework_builds_the_same_number_of_parameters(framework, name):
                                                         ("shard", 4, 1), ("pmap", 2, 1)])
 def test_a_tiny_model_through_each_record_type(tmp_path, transform, devices, ensemble):
     spec = {"framework": "jnn", "model": "mlp", "transform": transform, "devices": devices,
-            "ensemble": ensemble, "batch": 16, "warmup": 1, "repeats": 2,
+            "ensemble": ensemble, "batch": 16, "warmup": 1, "repeats": 2, "rounds": 2,
             "cache_dir": str(tmp_path)}
     records = worker.run(spec)
     assert [r["step"] for r in records] == ["train", "eval"]
     for r in records:
         assert schema.record_problems(r) == []
+        assert len(r["round_step_ms"]) == 2
         assert r["examples_per_s"] == pytest.approx(16 * ensemble / (r["step_ms"] / 1e3))
         assert r["compile_s"] > 0
         # jax.pmap has .lower but no .trace: its trace time is inside lower_s
@@ -101,20 +109,119 @@ def test_the_plan_covers_every_framework_on_the_seed_models_and_filters_by_patte
     assert all(s["model"] == "mlp" for s in only)
 
 
+def test_the_plan_times_each_model_and_transform_as_one_group_of_rounds():
+    assert {s["rounds"] for s in plan.make_plan(quick=True)} == {3}
+    assert {s["rounds"] for s in plan.make_plan(quick=False)} == {5}
+    assert {s["rounds"] for s in plan.make_plan(quick=True, rounds=7)} == {7}
+    specs = plan.make_plan(quick=False)
+    groups = plan.groups(specs)
+    assert sorted(map(plan.spec_name, sum(groups, []))) == sorted(map(plan.spec_name, specs))
+    for group in groups:
+        assert len({(s["model"], s["transform"]) for s in group}) == 1
+    by_key = {(g[0]["model"], g[0]["transform"]): g for g in groups}
+    assert [s["framework"] for s in by_key["cnn", "jit"]] == list(frameworks.FRAMEWORKS)
+    assert [s["devices"] for s in by_key["cnn", "shard"]] == [1, 2, 4, 8]
+    assert [s["ensemble"] for s in by_key["mlp", "vmap"]] == [1, 4, 16]
+
+
+class FakeWorker:
+    """Stands in for interleave.WorkerProcess: logs what it is asked; keras fails to build
+    and torch fails in the second round. Its steps take as many ms as log entries so far."""
+
+    log: list = []
+
+    def __init__(self, spec):
+        self.spec, self.warm = spec, spec.get("warm", False)
+        self.log.append(("start", spec["framework"], self.warm))
+        if spec["framework"] == "keras":
+            raise interleave.WorkerError("worker exited 1: ValueError: boom")
+        self.records = [{**{k: spec[k] for k in worker.IDENTITY}, "step": step,
+                         "parameters": 1, "trace_s": None, "lower_s": None,
+                         "compile_s": 0.1 if self.warm else 2.0, "compile_warm_s": None,
+                         "step_ms": None, "step_ms_min": None, "step_ms_max": None,
+                         "examples_per_s": None, "round_step_ms": None}
+                        for step in worker.STEPS]
+
+    def time(self, step, *, warmup, repeats):
+        self.log.append((self.spec["framework"], step, warmup))
+        if self.spec["framework"] == "torch" and sum(e[0] == "torch" for e in self.log) > 2:
+            raise interleave.WorkerError("worker exited -9: killed")
+        return [float(len(self.log))] * repeats
+
+    def close(self):
+        self.log.append(("close", self.spec["framework"], self.warm))
+
+
+def test_the_orchestrator_builds_all_then_alternates_workers_round_by_round(tmp_path):
+    FakeWorker.log = []
+    specs = plan.make_plan(quick=True, only="*/mlp/jit/*")  # jnn flax nnx keras torch tc
+    records = interleave.measure_group(specs, str(tmp_path), rounds=3, start=FakeWorker,
+                                       warm_frameworks=("jnn", "flax"))
+    log = FakeWorker.log
+    assert log[:6] == [("start", s["framework"], False) for s in specs]  # all built first
+    timed = [e for e in log if e[0] not in ("start", "close")]
+    running = ["jnn", "flax", "nnx", "torch", "torch-compile"]  # keras failed to build
+    expected = []
+    for r in range(3):
+        order = running[r % 5:] + running[:r % 5]  # rotates each round
+        for s, step in enumerate(("train", "eval")):  # torch fails when asked in round 1's train
+            expected += [(fw, step, 3 if r == 0 else 1) for fw in order
+                         if fw != "torch" or (r, s) <= (1, 0)]
+    assert timed == expected
+    # every worker was closed before the warm-cache builds, which are of jnn and flax only
+    first_warm = log.index(("start", "jnn", True))
+    assert sum(e[0] == "close" for e in log[:first_warm]) == 5
+    assert [e for e in log[first_warm:] if e[0] == "start"] == [("start", "jnn", True),
+                                                                 ("start", "flax", True)]
+    assert [(r["framework"], r["step"]) for r in records] == [
+        (s["framework"], step) for s in specs for step in ("train", "eval")]
+    for r in records:
+        assert schema.record_problems(r) == []
+        assert bool(r.get("error")) == (r["framework"] in ("keras", "torch"))
+        if not r.get("error"):
+            assert len(r["round_step_ms"]) == 3
+            assert r["compile_warm_s"] == (0.1 if r["framework"] in ("jnn", "flax") else None)
+    assert "boom" in records[6]["error"] and "killed" in records[8]["error"]
+
+
+def test_a_worker_that_fails_in_its_own_process_gives_error_records(tmp_path):
+    spec = {**plan.make_plan(quick=True, only="torch/mlp/jit/*")[0], "framework": "nope"}
+    records = interleave.measure_group([spec], str(tmp_path), rounds=2)
+    assert [r["step"] for r in records] == ["train", "eval"]
+    assert "unknown framework 'nope'" in records[0]["error"]
+
+
 def _synthetic_results():
+    """jnn takes half of flax's time and a quarter of torch's, in rounds where the machine
+    drifts (round 1 twice as slow) and jnn is slower in round 2."""
     records = []
-    for fw, step_ms in (("jnn", 1.0), ("flax", 2.0), ("torch", 4.0)):
+    for fw, rounds in (("jnn", [1.0, 2.0, 1.2]), ("flax", [2.0, 4.0, 2.0]),
+                       ("torch", [4.0, 8.0, 4.0])):
+        step_ms = rounds[0]
         for model in ("mlp", "resmlp-2", "resmlp-8"):
             records.append({"framework": fw, "model": model, "transform": "jit", "devices": 1,
                             "ensemble": 1, "batch": 128, "step": "train", "parameters": 1,
                             "trace_s": 0.1, "lower_s": 0.1, "compile_s": None if fw == "torch" else 0.3,
                             "compile_warm_s": 0.01, "step_ms": step_ms, "step_ms_min": step_ms,
-                            "step_ms_max": step_ms, "examples_per_s": 128e3 / step_ms})
+                            "step_ms_max": step_ms, "examples_per_s": 128e3 / step_ms,
+                            "round_step_ms": rounds})
     for n in (1, 2):
         records.append({**records[0], "transform": "shard", "devices": n})
     return {"machine": {"cpu": "test", "cores": 2, "devices": ["cpu"], "versions": {}},
-            "command": "python -m benchmarks", "settings": {"batch": 128, "warmup": 1, "repeats": 2},
+            "command": "python -m benchmarks",
+            "settings": {"batch": 128, "warmup": 1, "repeats": 2, "rounds": 3},
             "records": records}
+
+
+def test_a_step_ratio_is_the_median_of_per_round_ratios_with_their_spread():
+    jnn = {"step_ms": 3.0, "round_step_ms": [1.0, 4.0, 3.0]}
+    flax = {"step_ms": 2.0, "round_step_ms": [2.0, 8.0, 2.0]}
+    # per round 0.5, 0.5, 1.5: median 0.5 (the ratio of the overall medians would be 1.5)
+    assert report.step_ratio(jnn, flax) == (0.5, 0.5, 1.5)
+    assert report.step_ratio(flax, flax) == (1.0, 1.0, 1.0)
+    # without rounds (results from before them): the ratio of step_ms, no spread
+    assert report.step_ratio({"step_ms": 3.0}, flax) == (1.5, 1.5, 1.5)
+    assert report.step_ratio(jnn, None) is None and report.step_ratio(None, flax) is None
 
 
 def test_the_report_gives_ratios_to_flax_and_torch_and_draws_three_plots(tmp_path):
@@ -122,17 +229,34 @@ def test_the_report_gives_ratios_to_flax_and_torch_and_draws_three_plots(tmp_pat
     assert schema.results_problems(results) == []
     report.write_markdown(results, str(tmp_path / "results.md"))
     text = (tmp_path / "results.md").read_text()
-    assert "| mlp | jnn | 1.00 | 0.50x | 0.25x | 0.50 | 1.00x | 0.01 |" in text
+    assert "| mlp | jnn | 1.00 | 0.50x (0.50–0.60) | 0.25x (0.25–0.30) | 0.50 | 1.00x | 0.01 |" \
+        in text
+    assert "| mlp | flax | 2.00 | 1.00x | 0.50x | 0.50 | 1.00x | 0.01 |" in text
+    assert "3 rounds of 2 timed steps" in text
     paths = report.write_plots(results, str(tmp_path))
     assert sorted(os.path.basename(p) for p in paths) == [
         "compile_vs_depth.png", "step_time.png", "throughput_vs_devices.png"]
     assert all(os.path.getsize(p) > 1000 for p in paths)
 
 
+def test_results_from_before_rounds_still_report_plain_ratios(tmp_path):
+    results = _synthetic_results()
+    del results["settings"]["rounds"]
+    for r in results["records"]:
+        del r["round_step_ms"]
+    assert schema.results_problems(results) == []
+    report.write_markdown(results, str(tmp_path / "results.md"))
+    text = (tmp_path / "results.md").read_text()
+    assert "| mlp | jnn | 1.00 | 0.50x | 0.25x | 0.50 | 1.00x | 0.01 |" in text
+    assert "2 timed steps after 1 warm-up steps" in text
+
+
 def test_schema_rejects_a_malformed_record():
-    bad = {**_synthetic_results()["records"][0], "step_ms": "fast", "transform": "xmap"}
+    bad = {**_synthetic_results()["records"][0], "step_ms": "fast", "transform": "xmap",
+           "round_step_ms": [1.0, "slow"]}
     problems = schema.record_problems(bad)
-    assert any("step_ms" in p for p in problems) and any("xmap" in p for p in problems)
+    assert any(p.startswith("step_ms=") for p in problems) and any("xmap" in p for p in problems)
+    assert any("round_step_ms" in p for p in problems)
 
 
 def test_quick_smoke_on_the_smallest_model_writes_all_outputs(tmp_path):
@@ -141,12 +265,16 @@ def test_quick_smoke_on_the_smallest_model_writes_all_outputs(tmp_path):
     assert schema.results_problems(results) == [] and results["parameter_count_problems"] == []
     assert {r["framework"] for r in results["records"]} == set(frameworks.FRAMEWORKS)
     assert not [r for r in results["records"] if r.get("error")]
+    assert all(len(r["round_step_ms"]) == 3 for r in results["records"])  # --quick: 3 rounds
     assert (tmp_path / "results.md").exists() and (tmp_path / "step_time.png").exists()
 
 
 def test_an_only_pattern_that_matches_nothing_is_a_clear_error(capsys):
     assert bench_main.main(["--only", "nothing/*"]) == 2
     assert "matches no measurement" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_main.main(["--rounds", "0"])
+    assert "--rounds must be at least 1" in capsys.readouterr().err
 
 
 def test_report_only_redraws_from_an_existing_results_json(tmp_path, capsys):
