@@ -40,14 +40,14 @@ class WorkerProcess:
     records, step fields still empty.
     """
 
-    def __init__(self, spec: dict, timeout_s: float = WORKER_TIMEOUT_S):
+    def __init__(self, spec: dict, timeout_s: float = WORKER_TIMEOUT_S, cwd: str | None = None):
         self.spec, self.timeout_s = spec, timeout_s
         self._stderr = tempfile.TemporaryFile()
         self._received = b""
         self._process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=cwd)
         try:
             self.records = self._receive()["records"]
         except WorkerError:

@@ -54,7 +54,8 @@ def make_dp_train_step(objective="cross_entropy", *, clip_norm: float,
                  for g, k in zip(clipped_sum, keys)]
         grads = jax.tree.unflatten(treedef, noisy)
         if l1 or l2:
-            grads = jax.tree.map(jnp.add, grads, jax.grad(losses.weight_penalty)(state.params, l1, l2))
+            penalty_grads = jax.grad(losses.weight_penalty)(state.params, l1, l2)
+            grads = jax.tree.map(jnp.add, grads, penalty_grads)
         metrics = {"loss": (loss_sums.sum(), weight_sums.sum()), **metrics}
         return state.apply_gradients(grads=grads), metrics
 

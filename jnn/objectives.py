@@ -110,7 +110,8 @@ class NextToken(Classification):
             raise ValueError(f"next_token expects logits (B, T, V) and targets (B, T), got "
                              f"{outputs.shape} and {labels.shape}")
         loss, weights, metrics = super().__call__(outputs, batch)
-        nll = loss if not self.label_smoothing else elementwise.softmax_cross_entropy(outputs, labels)
+        nll = (elementwise.softmax_cross_entropy(outputs, labels) if self.label_smoothing
+               else loss)
         metrics["perplexity"] = weighted_mean_metric(nll, weights)  # exp taken in summarize
         return loss, weights, metrics
 

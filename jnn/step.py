@@ -1,4 +1,5 @@
-"""The pure steps: `train_step(state, batch) -> (state, metrics)`, `eval_step(state, batch) -> metrics`.
+"""The pure steps: `train_step(state, batch) -> (state, metrics)` and
+`eval_step(state, batch) -> metrics`.
 
 A batch is a dict of arrays with a leading batch axis (B, ...): the model reads the
 entries its adapter names (default "x"), the objective reads its targets (default "y")
@@ -141,7 +142,8 @@ def make_train_step(objective: str | Objective = "cross_entropy", *,
             grads = jax.tree.map(lambda g: g * (units["count"] / scale), grads)
         grads = jax.tree.map(lambda g: g / jnp.maximum(weight_sum, 1.0), grads)
         if l1 or l2:
-            grads = jax.tree.map(jnp.add, grads, jax.grad(losses.weight_penalty)(state.params, l1, l2))
+            penalty_grads = jax.grad(losses.weight_penalty)(state.params, l1, l2)
+            grads = jax.tree.map(jnp.add, grads, penalty_grads)
         new_state = state.apply_gradients(grads=grads, model_state=model_state)
         if state.loss_scale is not None:
             finite = precision.all_finite(grads)
