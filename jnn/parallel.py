@@ -67,9 +67,9 @@ def check_divisible(batch_size: int, num_devices: int) -> None:
     """Raises a one-line ValueError unless the global batch splits evenly over the devices."""
     if batch_size % num_devices:
         lower = batch_size - batch_size % num_devices
-        raise ValueError(
-            f"a batch of {batch_size} examples does not divide over {num_devices} devices; use "
-            f"a batch size of {lower or num_devices} or {lower + num_devices}")
+        sizes = f"{lower} or {lower + num_devices}" if lower else f"{num_devices}"
+        raise ValueError(f"a batch of {batch_size} examples does not divide over {num_devices} "
+                         f"devices; use a batch size of {sizes}")
 
 
 def pmap_train_step(train_step: Callable, axis_name: str = PMAP_AXIS) -> Callable:

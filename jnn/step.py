@@ -83,7 +83,8 @@ def make_train_step(objective: str | Objective = "cross_entropy", *,
         or sharded jit.
       microbatches: split the batch into this many slices inside the step (gradient
         accumulation). Equal to one step on the whole batch for models without
-        batch-dependent layers (BatchNorm sees each slice on its own).
+        batch-dependent layers (BatchNorm sees each slice on its own) and without dropout
+        (each slice draws its own masks, from fold_in(step key, slice index)).
       compute_dtype: None (float32), "bfloat16" or "float16" (needs state.loss_scale).
       l1, l2: coefficients of L1 / 0.5*L2 penalties on the kernels (arrays of rank > 1),
         added to the mean loss (not to the reported loss).

@@ -30,8 +30,8 @@ def initial_state():
 
 def train(mesh, fsdp: bool, checkpoint_path: str | None = None) -> dict:
     """A few data-parallel steps of a CNN with BatchNorm and dropout on `mesh`; the final
-    parameters and metric sums as flat host arrays. With `checkpoint_path`, every process
-    also takes part in saving the final state there with orbax."""
+    parameters and each metric's sum and count as flat host arrays. With `checkpoint_path`,
+    every process also takes part in saving the final state there with orbax."""
     import jax
 
     import jnn
@@ -48,7 +48,8 @@ def train(mesh, fsdp: bool, checkpoint_path: str | None = None) -> dict:
     out = {jax.tree_util.keystr(path): np.asarray(multihost_utils.process_allgather(x, tiled=True))
            for path, x in leaves}
     sums = jnn.sum_metrics([multihost_utils.process_allgather(m, tiled=True) for m in metrics])
-    out.update({f"metric/{k}": v for k, v in sums.items()})
+    for name, (total, count) in sums.items():  # metrics are {"name": (sum, count)}
+        out[f"metric/{name}/sum"], out[f"metric/{name}/count"] = total, count
     if checkpoint_path is not None:
         from train.checkpoint import save_state
 

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import jnn
-from jnn import ensemble, per_example
+from jnn import dp_sgd, ensemble, per_example
 
 SEEDS = [3, 5, 7]
 
@@ -30,7 +30,7 @@ def test_an_ensemble_equals_separate_runs_with_the_same_seeds():
     step = jax.jit(ensemble.ensemble_step(jnn.make_train_step()))
     for b in batches:
         states, metrics = step(states, b)
-    assert metrics["loss_sum"].shape == (3,)
+    assert metrics["loss"][0].shape == metrics["loss"][1].shape == (3,)
     for k, (seed, scale) in enumerate(zip(SEEDS, scales)):
         single_tx = optax.chain(tx, optax.scale(scale))
         state = jnn.create_train_state(_model(), single_tx, jax.random.PRNGKey(seed),
@@ -40,7 +40,9 @@ def test_an_ensemble_equals_separate_runs_with_the_same_seeds():
             state, single_metrics = single(state, b)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                      ensemble.member(states, k).params, state.params)
-        np.testing.assert_allclose(metrics["loss_sum"][k], single_metrics["loss_sum"], rtol=1e-4)
+        for name in single_metrics:
+            for value, single_value in zip(metrics[name], single_metrics[name]):  # sum, count
+                np.testing.assert_allclose(value[k], single_value, rtol=1e-4)
 
 
 def test_ensemble_eval_reports_members_and_the_averaged_prediction():
@@ -49,11 +51,21 @@ def test_ensemble_eval_reports_members_and_the_averaged_prediction():
     b = jnn.data.pad_batch({k: v[:10] for k, v in _batches(1)[0].items()}, 16)
     metrics = jax.jit(ensemble.make_ensemble_eval_step())(states, b)
     outputs = [jnn.predict(ensemble.member(states, k), b["x"][:10]) for k in range(3)]
+    assert set(metrics) == {"loss", "accuracy", "ensemble_loss", "ensemble_accuracy"}
     for k in range(3):
-        assert float(metrics["correct"][k]) == float((outputs[k].argmax(-1) == b["y"][:10]).sum())
+        hits, count = metrics["accuracy"][0][k], metrics["accuracy"][1][k]
+        assert float(hits) == float((outputs[k].argmax(-1) == b["y"][:10]).sum())
+        assert float(count) == 10 and float(metrics["loss"][1][k]) == 10
+        member_loss = optax.softmax_cross_entropy_with_integer_labels(outputs[k], b["y"][:10])
+        np.testing.assert_allclose(metrics["loss"][0][k], member_loss.sum(), rtol=1e-5)
     probs = jnp.mean(jnp.stack([jax.nn.softmax(o) for o in outputs]), 0)
-    assert float(metrics["ensemble_correct"]) == float((probs.argmax(-1) == b["y"][:10]).sum())
-    assert float(metrics["ensemble_count"]) == 10
+    hits, count = metrics["ensemble_accuracy"]
+    assert float(hits) == float((probs.argmax(-1) == b["y"][:10]).sum())
+    assert float(count) == 10
+    loss_sum, count = metrics["ensemble_loss"]  # cross-entropy of the averaged probabilities
+    assert float(count) == 10
+    np.testing.assert_allclose(
+        loss_sum, -jnp.log(probs[jnp.arange(10), b["y"][:10]]).sum(), rtol=1e-5)
 
 
 def test_mismatched_learning_rate_scales_are_rejected():
@@ -82,10 +94,14 @@ def test_dp_sgd_without_clipping_or_noise_is_plain_sgd():
     b = _batches(1)[0]
     state = jnn.create_train_state(jnn.models.get("cnn"), jnn.make_optimizer("sgd", 0.1),
                                    jax.random.PRNGKey(0), b["x"])
-    plain, _ = jax.jit(jnn.make_train_step())(state, b)
-    dp, _ = jax.jit(jnn.make_train_step(dp_clip_norm=1e6, dp_noise_multiplier=0.0))(state, b)
+    plain, plain_metrics = jax.jit(jnn.make_train_step())(state, b)
+    dp, dp_metrics = jax.jit(dp_sgd.make_dp_train_step(clip_norm=1e6, noise_multiplier=0.0))(
+        state, b)
     jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6),
                  plain.params, dp.params)
+    assert dp_metrics.keys() == plain_metrics.keys()
+    for name in plain_metrics:
+        np.testing.assert_allclose(dp_metrics[name], plain_metrics[name], rtol=1e-5)
 
 
 def test_dp_sgd_clips_each_example_and_ignores_padding():
@@ -94,27 +110,49 @@ def test_dp_sgd_clips_each_example_and_ignores_padding():
                                    jax.random.PRNGKey(0), b["x"])
     grads = per_example.per_example_grads(state, b)
     norms = np.sqrt(sum((np.asarray(g).reshape(16, -1) ** 2).sum(1) for g in jax.tree.leaves(grads)))
+    assert (norms[:12] > 0).all() and (norms[12:] == 0).all()  # padding has no gradient
     clip = float(np.median(norms[:12]))
-    weights = np.minimum(1.0, clip / norms) * (np.arange(16) < 12)
+    weights = np.minimum(1.0, clip / np.maximum(norms, 1e-30)) * (np.arange(16) < 12)
     expected = jax.tree.map(lambda p, g: p - np.tensordot(weights, g, axes=1) / 12,
                             state.params, grads)
-    dp, _ = jax.jit(jnn.make_train_step(dp_clip_norm=clip))(state, b)
+    dp, metrics = jax.jit(dp_sgd.make_dp_train_step(clip_norm=clip, noise_multiplier=0.0))(state, b)
+    assert float(metrics["loss"][1]) == 12
     jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-6),
                  dp.params, expected)
 
 
 def test_dp_sgd_noise_has_the_requested_scale():
-    grads = {"w": jnp.zeros((4, 1000))}
-    out = per_example.clip_and_noise(grads, None, clip_norm=2.0, noise_multiplier=3.0,
-                                     rng=jax.random.PRNGKey(0))
-    assert abs(float(out["w"].std()) * 4 - 6.0) < 0.5
+    # An objective whose per-example gradients are all zero: the update is the noise alone,
+    # std noise_multiplier * clip_norm = 6, divided by the 4 real (unmasked) examples.
+    def zero_loss(outputs, batch):
+        losses = 0.0 * outputs.sum(-1)
+        return losses, jnn.objectives.unit_weights(batch, losses.shape), {}
+
+    b = _batches(1, size=6)[0]
+    b["mask"] = np.arange(6) < 4
+    state = jnn.create_train_state(jnn.models.get("mlp", hidden_sizes=(64,)),
+                                   jnn.make_optimizer("sgd", 1.0), jax.random.PRNGKey(0), b["x"])
+    step = jax.jit(dp_sgd.make_dp_train_step(zero_loss, clip_norm=2.0, noise_multiplier=3.0))
+    new_state, _ = step(state, b)
+    delta = np.concatenate([np.ravel(p - q) for p, q in zip(jax.tree.leaves(state.params),
+                                                             jax.tree.leaves(new_state.params))])
+    assert delta.size > 4000
+    assert abs(float(delta.std()) * 4 - 6.0) < 0.5
+    assert abs(float(delta.mean())) < 0.1  # zero mean (4.6 standard errors)
+    second, _ = step(new_state, b)  # each step draws fresh noise
+    assert not np.allclose(np.asarray(second.params["Dense_0"]["kernel"] -
+                                      new_state.params["Dense_0"]["kernel"]),
+                           np.asarray(new_state.params["Dense_0"]["kernel"] -
+                                      state.params["Dense_0"]["kernel"]))
 
 
 def test_dp_sgd_rejects_batchnorm_and_bad_settings():
-    with pytest.raises(ValueError, match="dp_clip_norm > 0"):
-        jnn.make_train_step(dp_clip_norm=0.0)
+    with pytest.raises(ValueError, match="clip_norm > 0"):
+        dp_sgd.make_dp_train_step(clip_norm=0.0, noise_multiplier=1.0)
+    with pytest.raises(ValueError, match="noise_multiplier >= 0"):
+        dp_sgd.make_dp_train_step(clip_norm=1.0, noise_multiplier=-0.5)
     state = jnn.create_train_state(jnn.models.get("cnn", batch_norm=True),
                                    jnn.make_optimizer("sgd", 0.1), jax.random.PRNGKey(0),
                                    np.zeros((1, 8, 8, 1)))
-    with pytest.raises(ValueError, match="without BatchNorm"):
-        jnn.make_train_step(dp_clip_norm=1.0)(state, _batches(1)[0])
+    with pytest.raises(ValueError, match="without batch statistics.*instead of BatchNorm"):
+        dp_sgd.make_dp_train_step(clip_norm=1.0, noise_multiplier=0.0)(state, _batches(1)[0])

@@ -61,7 +61,14 @@ def test_dp_sgd_config_trains(tmp_path):
 
 @pytest.mark.parametrize("argv,match", [
     (["--parallel", "shard", "--batch-size", "30"],
-     "global batch size 30 does not divide over 8 devices; use --set batch_size=24 or 32"),
+     "global batch size 30 does not divide over 8 devices; use --set batch_size=24 or 32 "
+     "(or --per-device-batch-size)"),
+    (["--parallel", "pmap", "--batch-size", "30"],
+     "global batch size 30 does not divide over 8 devices; use --set batch_size=24 or 32 "
+     "(or --per-device-batch-size)"),
+    (["--parallel", "shard", "--batch-size", "5"],
+     "global batch size 5 does not divide over 8 devices; use --set batch_size=8 "
+     "(or --per-device-batch-size)"),
     (["--parallel", "none", "--fsdp"], "use --parallel shard"),
     (["--parallel", "pmap", "--ensemble", "2"], "not pmap"),
     (["--ensemble", "0"], "ensemble must be an integer >= 1"),

@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from jnn import losses
+from jnn import losses, objectives
 
 LOGITS = jnp.array([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-3.0, 4.0, 1.0]])
 LABELS = jnp.array([0, 2, 1])
@@ -49,8 +49,20 @@ def test_binary_cross_entropy_matches_the_formula():
 
 
 def test_masked_sum_ignores_masked_examples():
-    total, count = losses.masked_sum(jnp.array([1.0, 2.0, 100.0]), jnp.array([True, True, False]))
+    # The mask becomes per-unit weights (0 on padding); a metric is (weighted sum, weight sum).
+    weights = objectives.unit_weights({"mask": jnp.array([True, True, False])}, (3,))
+    np.testing.assert_array_equal(weights, [1.0, 1.0, 0.0])
+    total, count = objectives.weighted_mean_metric(jnp.array([1.0, 2.0, 100.0]), weights)
     assert float(total) == 3.0 and float(count) == 2.0
+    total, count = objectives.weighted_mean_metric(
+        jnp.array([1.0, 2.0, 100.0]), objectives.unit_weights({}, (3,)))  # no mask: all count
+    assert float(total) == 103.0 and float(count) == 3.0
+    # and an objective's loss ignores masked examples the same way
+    batch = {"y": LABELS, "mask": jnp.array([True, True, False])}
+    unit_losses, weights, _ = objectives.get("cross_entropy")(LOGITS, batch)
+    np.testing.assert_array_equal(weights, [1.0, 1.0, 0.0])
+    np.testing.assert_allclose((unit_losses * weights).sum(),
+                               losses.softmax_cross_entropy(LOGITS, LABELS)[:2].sum(), rtol=1e-6)
 
 
 def test_penalties_cover_kernels_not_biases():
@@ -60,11 +72,17 @@ def test_penalties_cover_kernels_not_biases():
 
 
 def test_get_loss_binds_options_and_rejects_unknown_names():
-    fn = losses.get_loss("cross_entropy", label_smoothing=0.2)
-    np.testing.assert_allclose(fn(LOGITS, LABELS),
+    objective = objectives.get("cross_entropy", label_smoothing=0.2)
+    unit_losses, weights, _ = objective(LOGITS, {"y": LABELS})
+    np.testing.assert_allclose(unit_losses,
                                losses.softmax_cross_entropy(LOGITS, LABELS, label_smoothing=0.2))
-    with pytest.raises(ValueError, match="unknown loss 'hinge'.*binary_cross_entropy"):
-        losses.get_loss("hinge")
+    np.testing.assert_array_equal(weights, [1.0, 1.0, 1.0])
+    assert not np.allclose(unit_losses, losses.softmax_cross_entropy(LOGITS, LABELS))
+    with pytest.raises(ValueError, match="unknown objective 'hinge'.*binary_cross_entropy"):
+        objectives.get("hinge")
+    with pytest.raises(ValueError, match="has no option smoothing; its options are "
+                                         "label_smoothing"):
+        objectives.get("cross_entropy", smoothing=0.2)
 
 
 def test_cross_entropy_agrees_with_optax_mean():

@@ -1,5 +1,7 @@
 """pmap and sharded jit (data parallel and FSDP) against the single-device step, on 8 CPU devices."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -106,7 +108,8 @@ def test_masking_stays_exact_when_the_last_batch_is_split_over_devices():
     _assert_same(*expected, *_pmapped(MODELS["cnn"], batches))
     sharded_state, sharded_metrics = _sharded(MODELS["cnn"], batches)
     _assert_same(*expected, sharded_state, sharded_metrics)
-    assert sharded_metrics["count"] == 32 * 2 + 11
+    assert jnn.metrics.count(sharded_metrics) == 32 * 2 + 11
+    assert float(sharded_metrics["accuracy"][1]) == 32 * 2 + 11
 
 
 def test_pmap_and_sharded_eval_steps_sum_like_one_device():
@@ -117,15 +120,26 @@ def test_pmap_and_sharded_eval_steps_sum_like_one_device():
     got = parallel.unreplicate(pmapped(parallel.replicate(state), parallel.split_batch(b)))
     mesh = parallel.make_mesh()
     sharded = parallel.jit_sharded(jnn.make_eval_step(), state, mesh, donate=False)
-    got_sharded = sharded(parallel.shard_state(state, mesh), parallel.shard_batch(b, mesh))
+    sharded_state = parallel.shard_state(state, mesh)
+    got_sharded = sharded(sharded_state, parallel.shard_batch(b, mesh))
+    # an eval step is never donated, even with the default donate=True (a train step is)
+    default = parallel.jit_sharded(jnn.make_eval_step(), sharded_state, mesh)
+    got_default = [default(sharded_state, parallel.shard_batch(b, mesh)) for _ in range(2)]
+    donation = re.compile(r"jax\.buffer_donor|tf\.aliasing_output")
+    assert not donation.search(default.lower(sharded_state, parallel.shard_batch(b, mesh))
+                               .as_text())
+    train = parallel.jit_sharded(jnn.make_train_step(), sharded_state, mesh)
+    assert donation.search(train.lower(sharded_state, parallel.shard_batch(b, mesh)).as_text())
     for key in expected:
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-5)
         np.testing.assert_allclose(got_sharded[key], expected[key], rtol=1e-5)
+        for metrics in got_default:
+            np.testing.assert_allclose(metrics[key], expected[key], rtol=1e-5)
 
 
 def test_a_global_batch_that_does_not_divide_says_what_to_use():
-    with pytest.raises(ValueError, match="batch size 30 does not divide over 8 devices; use "
-                                         "--set batch_size=24 or 32"):
+    with pytest.raises(ValueError, match="a batch of 30 examples does not divide over 8 "
+                                         "devices; use a batch size of 24 or 32"):
         parallel.split_batch({"x": np.zeros((30, 2)), "y": np.zeros(30)}, 8)
 
 

@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -58,10 +59,18 @@ def test_metrics_are_sums_and_counts(rng):
     logits = model.apply({"params": state.params}, b["x"])
     _, metrics = jnn.make_train_step()(state, b)
     per_example = optax.softmax_cross_entropy_with_integer_labels(logits, b["y"])
-    assert float(metrics["count"]) == 16
-    np.testing.assert_allclose(metrics["loss_sum"], per_example.sum(), rtol=1e-5)
-    assert float(metrics["correct"]) == float((logits.argmax(-1) == b["y"]).sum())
+    correct = float((logits.argmax(-1) == b["y"]).sum())
+    assert set(metrics) == {"loss", "accuracy"}
+    loss_sum, loss_count = metrics["loss"]
+    hits, hit_count = metrics["accuracy"]
+    assert float(loss_count) == 16 and float(hit_count) == 16
+    np.testing.assert_allclose(loss_sum, per_example.sum(), rtol=1e-5)
+    assert float(hits) == correct
     assert jnn.make_eval_step()(state, b).keys() == metrics.keys()
+    means = jnn.summarize(jnn.sum_metrics([metrics, metrics]))  # two batches: sums add up
+    np.testing.assert_allclose(means["loss"], per_example.mean(), rtol=1e-5)
+    np.testing.assert_allclose(means["accuracy"], correct / 16, rtol=1e-6)
+    assert float(jnn.metrics.count(jnn.sum_metrics([metrics, metrics]))) == 32
 
 
 def test_masked_padding_changes_neither_the_update_nor_the_metrics(rng):
@@ -81,21 +90,32 @@ def test_masked_padding_changes_neither_the_update_nor_the_metrics(rng):
             np.testing.assert_allclose(metrics_real[key], metrics_pad[key], rtol=1e-5)
 
 
-def test_dropout_key_is_folded_from_state_rng_and_step(rng):
+@pytest.mark.parametrize("step", [0, 5])
+def test_dropout_key_is_folded_from_state_rng_and_step(rng, step):
     model = jnn.models.get("mlp", dropout_rate=0.5)
     b = _batches(rng, 1)[0]
     state = jnn.create_train_state(model, jnn.make_optimizer("sgd", 0.1), jax.random.PRNGKey(0),
                                    b["x"])
-    key = jax.random.fold_in(state.rng, state.step)
+    state = state.replace(step=jnp.asarray(step, jnp.int32))
+    key = jax.random.fold_in(state.rng, step)  # the step's key
+    # The Linen adapter feeds its RNG stream i (here only "dropout", i = 0) fold_in(key, i).
 
-    def loss_fn(p):
-        logits = model.apply({"params": p}, b["x"], train=True, rngs={"dropout": key})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"]).mean()
+    def update_with(dropout_key):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, b["x"], train=True, rngs={"dropout": dropout_key})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"]).mean()
 
-    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, jax.grad(loss_fn)(state.params))
+        return jax.tree.map(lambda p, g: p - 0.1 * g, state.params, jax.grad(loss_fn)(state.params))
+
     new_state, _ = jax.jit(jnn.make_train_step())(state, b)
+    assert int(new_state.step) == step + 1
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 new_state.params, expected)
+                 new_state.params, update_with(jax.random.fold_in(key, 0)))
+    # the test pins the key down: any other key (the step's key itself, the key of
+    # another step) gives a different update
+    for other in (key, jax.random.fold_in(jax.random.fold_in(state.rng, step + 1), 0)):
+        assert not np.allclose(new_state.params["Dense_0"]["kernel"],
+                               update_with(other)["Dense_0"]["kernel"], rtol=1e-5, atol=1e-6)
 
 
 class _BatchNormNet(nn.Module):
@@ -129,13 +149,22 @@ class _NoTrainFlag(nn.Module):
 def test_a_module_without_a_train_argument_trains(rng):
     b = {"x": rng.normal(size=(8, 3)).astype(np.float32), "y": rng.integers(0, 4, size=8)}
     state = jnn.create_train_state(_NoTrainFlag(), jnn.make_optimizer("adam", 0.1),
-                                   jax.random.PRNGKey(0), b["x"])
+                                   jax.random.PRNGKey(0), b["x"], mode=None)
     step = jax.jit(jnn.make_train_step())
     first = None
     for _ in range(20):
         state, metrics = step(state, b)
-        first = first if first is not None else float(metrics["loss_sum"])
-    assert float(metrics["loss_sum"]) < first
+        first = first if first is not None else float(metrics["loss"][0])
+    assert float(metrics["loss"][0]) < first
+
+
+def test_a_module_without_a_train_argument_is_refused_unless_told_with_mode_none(rng):
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"_NoTrainFlag.__call__ takes no `train` argument.*"
+                                         r"pass mode=None") as err:
+        jnn.create_train_state(_NoTrainFlag(), jnn.make_optimizer("adam", 0.1),
+                               jax.random.PRNGKey(0), x)
+    assert "\n" not in str(err.value)
 
 
 def test_regression_step_reports_no_accuracy(rng):
@@ -143,7 +172,9 @@ def test_regression_step_reports_no_accuracy(rng):
     state = jnn.create_train_state(jnn.models.get("mlp", num_outputs=1),
                                    jnn.make_optimizer("sgd", 0.1), jax.random.PRNGKey(0), b["x"])
     _, metrics = jnn.make_train_step("mse")(state, b)
-    assert set(metrics) == {"loss_sum", "count"}
+    assert set(metrics) == {"loss"}
+    assert float(metrics["loss"][1]) == 8
+    assert set(jnn.make_eval_step("mse")(state, b)) == {"loss"}
 
 
 def test_a_second_call_of_the_jitted_steps_does_not_recompile(rng, compile_counter):
@@ -165,9 +196,21 @@ def test_a_callable_loss_is_accepted_and_a_bad_loss_is_rejected(rng):
     b = _batches(rng, 1)[0]
     state = jnn.create_train_state(jnn.models.get("mlp"), jnn.make_optimizer("sgd", 0.1),
                                    jax.random.PRNGKey(0), b["x"])
-    custom = lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    _, m_custom = jnn.make_train_step(custom, task="classification")(state, b)
-    _, m_named = jnn.make_train_step("cross_entropy")(state, b)
-    np.testing.assert_allclose(m_custom["loss_sum"], m_named["loss_sum"], rtol=1e-6)
-    with pytest.raises(ValueError, match="loss must be a name"):
+
+    def custom(logits, batch):  # an objective: (outputs, batch) -> (losses, weights, metrics)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+        weights = jnn.objectives.unit_weights(batch, losses.shape)
+        hits = logits.argmax(-1) == batch["y"]
+        return losses, weights, {"accuracy": jnn.objectives.weighted_mean_metric(hits, weights)}
+
+    s_custom, m_custom = jnn.make_train_step(custom)(state, b)
+    s_named, m_named = jnn.make_train_step("cross_entropy")(state, b)
+    assert m_custom.keys() == m_named.keys() == {"loss", "accuracy"}
+    for key in m_named:
+        np.testing.assert_allclose(m_custom[key], m_named[key], rtol=1e-6)
+    jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-7),
+                 s_custom.params, s_named.params)
+    with pytest.raises(ValueError, match="objective must be a name"):
         jnn.make_train_step(3)
+    with pytest.raises(ValueError, match="unknown objective 'hinge'"):
+        jnn.make_train_step("hinge")

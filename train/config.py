@@ -107,6 +107,16 @@ def apply_override(config: dict, assignment: str) -> None:
     node[leaf] = _parse_like(node[leaf], text, field)
 
 
+def check_batch_divides(batch_size: int, num_devices: int) -> None:
+    """Raises a one-line ValueError, naming the flags to change, unless the global batch
+    splits evenly over the devices (checked before jnn sees the batch)."""
+    if batch_size % num_devices:
+        lower = batch_size - batch_size % num_devices
+        sizes = " or ".join(str(n) for n in (lower, lower + num_devices) if n > 0)
+        raise ValueError(f"global batch size {batch_size} does not divide over {num_devices} "
+                         f"devices; use --set batch_size={sizes} (or --per-device-batch-size)")
+
+
 def _check_positive_int(config: dict, field: str) -> None:
     value = config[field]
     if type(value) is not int or value <= 0:

@@ -16,6 +16,7 @@ import numpy as np
 
 import jnn
 from jnn import parallel
+from train import config as configs
 
 
 # ----------------------------------------------------------- model and optimizer
@@ -143,7 +144,7 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
         train_jit, eval_jit = jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn)
         place, reduce, devices = (lambda b: b), identity, 1
     elif mode == "shard":
-        parallel.check_divisible(batch_size, jax.device_count())
+        configs.check_batch_divides(batch_size, jax.device_count())
         mesh = parallel.make_mesh()
         state = make_state(config, dataset, mesh=mesh)
         train_fn, eval_fn = _steps(config)
@@ -152,7 +153,7 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
         place = lambda b: parallel.shard_batch(parallel.process_slice(b), mesh)  # noqa: E731
         reduce, devices = identity, jax.device_count()
     elif mode == "pmap":
-        parallel.check_divisible(batch_size, jax.device_count())
+        configs.check_batch_divides(batch_size, jax.device_count())
         state = parallel.replicate(make_state(config, dataset, axis_name=parallel.PMAP_AXIS))
         train_fn, eval_fn = _steps(config, axis_name=parallel.PMAP_AXIS)
         train_jit = parallel.pmap_train_step(train_fn)
