@@ -263,6 +263,10 @@ def as_model(module, **options) -> Model:
 
     `options` go to `from_linen` / `from_nnx` (e.g. inputs=("tokens",), mode="training").
     """
+    if isinstance(module, type):
+        raise ValueError(f"got the class {module.__name__}; pass an instance, e.g. "
+                         f"{module.__name__}(...) (an NNX module may also be a function "
+                         "rngs -> module)")
     if isinstance(module, (LinenModel, NNXModel)):
         if options:
             raise ValueError("options apply when wrapping a module, not to a model adapter")

@@ -262,3 +262,8 @@ def test_the_model_reads_the_batch_keys_it_declares(rng):
     jax.jit(jnn.make_train_step())(state, batch)
     with pytest.raises(ValueError, match="inputs="):
         jnn.create_train_state(TwoInputs(), optax.sgd(0.1), jax.random.PRNGKey(0), batch)
+
+
+def test_a_module_class_instead_of_an_instance_is_named(rng):
+    with pytest.raises(ValueError, match=r"pass an instance, e.g. LinenMLP\(...\)"):
+        jnn.create_train_state(LinenMLP, optax.sgd(0.1), jax.random.PRNGKey(0), _batch(rng)["x"])
