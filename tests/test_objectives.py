@@ -171,3 +171,38 @@ def test_classification_accepts_integer_and_one_hot_labels_alike(rng, labels):
                                rtol=1e-6)
     assert float(metrics["accuracy"][0]) == float((np.asarray(logits).argmax(-1) == y).sum())
     assert float(metrics["accuracy"][1]) == 8.0 == float(weights.sum())
+
+
+def _ensemble(rng, num_outputs):
+    x = rng.normal(size=(10, 3)).astype(np.float32)
+    model = jnn.models.get("mlp", hidden_sizes=(8,), num_outputs=num_outputs)
+    return x, jnn.ensemble.create_ensemble_state(model, optax.sgd(0.1), [0, 1, 2], x[:1])
+
+
+def test_an_ensemble_counts_hits_alike_for_integer_and_one_hot_labels(rng):
+    x, states = _ensemble(rng, 4)
+    y = rng.integers(0, 4, size=10)
+    evaluate = jax.jit(jnn.ensemble.make_ensemble_eval_step("cross_entropy"))
+    integer = evaluate(states, {"x": x, "y": y})
+    one_hot = evaluate(states, {"x": x, "y": np.eye(4, dtype=np.float32)[y]})
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), integer, one_hot)
+    outputs = np.stack([np.asarray(jnn.predict(jnn.ensemble.member(states, k), x))
+                        for k in range(3)])  # (K, B, C)
+    probs = np.exp(outputs - outputs.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    assert float(integer["ensemble_accuracy"][0]) == float((probs.mean(0).argmax(-1) == y).sum())
+    np.testing.assert_allclose(integer["accuracy"][0], (outputs.argmax(-1) == y).sum(1))
+
+
+def test_binary_ensemble_members_and_their_average_get_an_accuracy(rng):
+    x, states = _ensemble(rng, 1)
+    y = rng.integers(0, 2, size=10)
+    metrics = jax.jit(jnn.ensemble.make_ensemble_eval_step("binary_cross_entropy"))(
+        states, {"x": x, "y": y})
+    outputs = np.stack([np.asarray(jnn.predict(jnn.ensemble.member(states, k), x))[:, 0]
+                        for k in range(3)])  # (K, B) logits
+    np.testing.assert_allclose(metrics["accuracy"][0], ((outputs > 0) == y).sum(1))
+    mean_p = (1 / (1 + np.exp(-outputs))).mean(0)
+    assert float(metrics["ensemble_accuracy"][0]) == float(((mean_p > 0.5) == y).sum())
+    nll = -(y * np.log(mean_p) + (1 - y) * np.log(1 - mean_p))
+    np.testing.assert_allclose(metrics["ensemble_loss"][0], nll.sum(), rtol=1e-4)
