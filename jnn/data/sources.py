@@ -102,7 +102,7 @@ def _prepare_instructions(spec: DatasetSpec, data_dir: str) -> str:
     return (f"dataset {spec.name!r} is not prepared in {data_dir}; on a machine with internet run "
             f"`pip install tensorflow tensorflow-datasets && tfds build {spec.tfds_name} "
             f"--file_format=array_record --data_dir {data_dir}` (or copy a prepared "
-            f"{spec.tfds_name}/ folder there, or point --set data_dir=DIR at one)")
+            f"{spec.tfds_name}/ folder there, or pass data_dir=DIR pointing at one)")
 
 
 def _read_split(source, spec: DatasetSpec) -> dict:
