@@ -171,3 +171,10 @@ def test_an_eval_step_goes_through_jit_sharded_as_it_is(rng):
     metrics = evaluate(sharded, parallel.shard_batch(batch, mesh))
     _close(metrics, jnn.make_eval_step()(state, batch), rtol=1e-5)
     evaluate(sharded, parallel.shard_batch(batch, mesh))  # the state was not donated
+
+
+def test_the_pooling_gradient_keeps_a_bfloat16_dtype():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 3), jnp.bfloat16)
+    grad = jax.grad(lambda v: jnn.models.max_pool_2x2(v).astype(jnp.float32).sum())(x)
+    assert grad.dtype == jnp.bfloat16
+    assert float(grad.astype(jnp.float32).sum()) == 2 * 2 * 2 * 3  # one winner per window
