@@ -63,15 +63,17 @@ class ResidualBlock(nn.Module):
 class ResMLP(nn.Module):
     """A deep residual MLP: Dense(width) -> `depth` residual blocks -> Dense(num_outputs).
 
-    With `scan=True` the blocks are one `nn.scan` over stacked parameters, so the
-    traced program (and its compile time) does not grow with depth.
+    With `scan=True` (the default) the blocks are one `nn.scan` over stacked parameters,
+    so the traced program (and its compile time) does not grow with depth: at depth 128,
+    width 128, batch 128 on 2 CPU cores, 2.7 s to compile against 27 s unrolled, with the
+    same step time (median ratio 1.01 over 5 interleaved rounds). `scan=False` unrolls.
     """
 
     depth: int = 8
     width: int = 128
     num_outputs: int = 10
     activation: str = "relu"
-    scan: bool = False
+    scan: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
