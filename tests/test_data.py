@@ -32,11 +32,50 @@ def test_diabetes_is_a_regression_set_with_target_statistics_from_train():
     assert np.isclose(ds.y_mean, ds.train["y"].mean()) and ds.y_std > 10
 
 
-def test_pad_batch_repeats_rows_and_marks_them():
-    batch = {"x": np.arange(3)[:, None] * np.ones((3, 2)), "y": np.array([7, 8, 9])}
+@pytest.mark.parametrize("n,batch_size", [(3, 8), (1, 4), (5, 6), (4, 4)])
+def test_pad_batch_marks_exactly_the_real_rows_and_keeps_them(n, batch_size):
+    batch = {"x": np.arange(n * 6, dtype=np.float32).reshape(n, 3, 2) + 1,
+             "y": np.arange(n) + 10}
+    original = {k: v.copy() for k, v in batch.items()}
+    padded = data.pad_batch(batch, batch_size)
+    assert padded["mask"].dtype == bool
+    np.testing.assert_array_equal(padded["mask"], np.arange(batch_size) < n)
+    for k in ("x", "y"):
+        assert padded[k].shape == (batch_size,) + original[k].shape[1:]
+        np.testing.assert_array_equal(padded[k][:n], original[k])  # real rows unchanged
+        # the pads repeat the batch's own rows, cyclically
+        np.testing.assert_array_equal(padded[k][n:], original[k][np.arange(n, batch_size) % n])
+        np.testing.assert_array_equal(batch[k], original[k])  # the input is left alone
+
+
+def test_pad_batch_keeps_an_existing_mask_and_refuses_an_oversized_batch():
+    batch = {"y": np.array([1, 2, 3]), "mask": np.array([True, False, True])}
     padded = data.pad_batch(batch, 5)
-    np.testing.assert_array_equal(padded["y"], [7, 8, 9, 7, 8])
-    np.testing.assert_array_equal(padded["mask"], [True, True, True, False, False])
+    np.testing.assert_array_equal(padded["mask"], [True, False, True, False, False])
+    np.testing.assert_array_equal(padded["y"], [1, 2, 3, 1, 2])
+    with pytest.raises(ValueError, match="larger than batch_size"):
+        data.pad_batch({"y": np.arange(6)}, 5)
+
+
+@pytest.mark.parametrize("shuffle_seed", [None, 4])
+def test_the_last_batch_is_padded_and_masked_and_rows_keep_their_labels(shuffle_seed):
+    n, batch_size = 21, 8  # batches of 8, 8 and 5 real rows
+    arrays = {"x": np.repeat(np.arange(n, dtype=np.float32), 4).reshape(n, 2, 2, 1),
+              "y": np.arange(n) * 3}
+    batches = list(data.epoch_batches(arrays, batch_size, shuffle_seed=shuffle_seed))
+    assert len(batches) == 3
+    for i, batch in enumerate(batches):
+        assert batch["x"].shape == (8, 2, 2, 1) and batch["y"].shape == (8,)
+        np.testing.assert_array_equal(batch["mask"], np.arange(8) < (8 if i < 2 else 5))
+        # every row, real or pad, is an example with its own label
+        np.testing.assert_array_equal(batch["x"][:, 0, 0, 0] * 3, batch["y"])
+    last = batches[-1]
+    np.testing.assert_array_equal(last["y"][5:], last["y"][:3])  # pads repeat real rows
+    real = np.concatenate([b["y"][b["mask"]] for b in batches])
+    if shuffle_seed is None:
+        np.testing.assert_array_equal(real, arrays["y"])  # in order, unchanged
+    else:
+        assert sorted(real) == list(arrays["y"]) and not np.array_equal(real, arrays["y"])
 
 
 def test_an_epoch_covers_every_example_once_in_fixed_shape_batches(digits):
@@ -67,20 +106,84 @@ def test_normalize_scales_then_standardises(digits):
     np.testing.assert_allclose(batch["x"], (digits.train["x"][:32] / 16 - 0.5) / 0.5, rtol=1e-6)
 
 
-def test_random_crop_and_flip_shifts_and_mirrors_within_the_padding():
-    x = np.arange(2 * 6 * 6).reshape(2, 6, 6, 1).astype(np.float32) + 1
-    out = data.random_crop_and_flip({"x": x}, np.random.default_rng(0), padding=2)["x"]
-    assert out.shape == x.shape
+def _distinct_images(b, h=8, w=8, c=2):
+    """b images whose pixels are all distinct and nonzero: no image equals a shift or a
+    mirror of itself or of another image, so every crop is identified by its offset."""
+    return np.arange(1, b * h * w * c + 1, dtype=np.float32).reshape(b, h, w, c)
+
+
+def _crop_offsets(out, x, padding, mirrored=False):
+    """For each image, the (dy, dx) of the padded window that it equals (or None)."""
+    h, w = x.shape[1:3]
+    offsets = []
     for img, orig in zip(out, x):
-        padded = np.pad(orig, ((2, 2), (2, 2), (0, 0)))
-        windows = [padded[i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
-        assert any(np.array_equal(img, w) or np.array_equal(img, w[:, ::-1]) for w in windows)
+        padded = np.pad(orig, ((padding, padding), (padding, padding), (0, 0)))
+        found = [(i, j) for i in range(2 * padding + 1) for j in range(2 * padding + 1)
+                 if np.array_equal(img, padded[i:i + h, j:j + w][:, ::-1] if mirrored
+                                   else padded[i:i + h, j:j + w])]
+        offsets.append(found[0] if found else None)
+    return offsets
 
 
-def test_augmentation_varies_between_epochs_and_needs_a_seed(digits):
-    aug = lambda epoch: data.epoch_batches(digits.train, 16, augment=data.random_crop_and_flip,
-                                           shuffle_seed=3, epoch=epoch)[0]["x"]
-    np.testing.assert_array_equal(aug(0), aug(0))
+def test_random_crop_shifts_by_up_to_the_padding_in_both_directions():
+    x = _distinct_images(256)
+    out = data.random_crop_and_flip({"x": x, "y": np.arange(256)}, np.random.default_rng(0),
+                                    padding=4, flip=False)
+    assert out["x"].shape == x.shape
+    np.testing.assert_array_equal(out["y"], np.arange(256))
+    offsets = _crop_offsets(out["x"], x, 4)
+    assert None not in offsets  # each image is a zero-padded shifted copy of its original
+    dy, dx = np.array(offsets).T
+    # offsets cover 0..8 in each direction (4 = unshifted), uniformly
+    assert set(dy) == set(dx) == set(range(9))
+    assert abs(dy.mean() - 4) < 0.6 and abs(dx.mean() - 4) < 0.6
+    assert ((dy == 4) & (dx == 4)).mean() < 0.05  # most images really moved
+    assert not np.array_equal(dy, dx)  # rows and columns shift independently
+    shifted = [i for i in range(256) if dy[i] == 0 and dx[i] == 8][0]
+    # a crop at the top-right corner: 4 rows of zeros on top, 4 columns of zeros right
+    np.testing.assert_array_equal(out["x"][shifted, :4], 0)
+    np.testing.assert_array_equal(out["x"][shifted, :, 4:], 0)
+    np.testing.assert_array_equal(out["x"][shifted, 4:, :4], x[shifted, :4, 4:])
+
+
+def test_random_flip_mirrors_left_right_half_the_images():
+    x = _distinct_images(256)
+    out = data.random_crop_and_flip({"x": x}, np.random.default_rng(1), padding=0)["x"]
+    same = np.array([np.array_equal(o, i) for o, i in zip(out, x)])
+    mirrored = np.array([np.array_equal(o, i[:, ::-1]) for o, i in zip(out, x)])
+    assert np.all(same | mirrored) and not np.any(same & mirrored)
+    assert 0.4 < mirrored.mean() < 0.6
+
+
+def test_random_crop_and_flip_together_give_a_shifted_copy_or_its_mirror():
+    x = _distinct_images(128)
+    out = data.random_crop_and_flip({"x": x}, np.random.default_rng(2), padding=4)["x"]
+    plain, flipped = _crop_offsets(out, x, 4), _crop_offsets(out, x, 4, mirrored=True)
+    assert all(p is not None or f is not None for p, f in zip(plain, flipped))
+    n_flipped = sum(f is not None for f in flipped)
+    assert 0.35 * 128 < n_flipped < 0.65 * 128
+
+
+def test_augmentation_differs_between_epochs_and_batches_and_is_reproducible():
+    # every example is the same image: only the augmentation (not the shuffle) moves pixels
+    n = 32
+    arrays = {"x": np.repeat(_distinct_images(1), n, axis=0), "y": np.arange(n)}
+    aug = lambda epoch, seed=3: data.epoch_batches(  # noqa: E731
+        arrays, 16, augment=data.random_crop_and_flip, shuffle_seed=seed, epoch=epoch)
+    plain = data.epoch_batches(arrays, 16, shuffle_seed=3, epoch=0)[0]
+    e0, e1 = aug(0)[0], aug(1)[0]
+    assert not np.array_equal(e0["x"], plain["x"])  # augmentation is applied
+    np.testing.assert_array_equal(e0["y"], plain["y"])
+    np.testing.assert_array_equal(e0["mask"], plain["mask"])
+    assert not np.array_equal(e0["x"], e1["x"])  # another epoch, other crops and flips
+    assert not np.array_equal(e0["x"], aug(0)[1]["x"])  # another batch, other crops
+    assert not np.array_equal(e0["x"], aug(0, seed=4)[0]["x"])  # another seed
+    np.testing.assert_array_equal(aug(0)[0]["x"], e0["x"])  # same (seed, epoch): the same
+    # within a batch the images get their own crops
+    assert len({img.tobytes() for img in e0["x"]}) > 8
+
+
+def test_augmentation_needs_a_seed(digits):
     with pytest.raises(ValueError, match="shuffle_seed"):
         data.epoch_batches(digits.train, 16, augment=data.random_crop_and_flip)
 

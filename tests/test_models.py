@@ -34,7 +34,7 @@ def test_seed_cifar_cnn_has_522046_parameters():
 def test_resmlp_parameters_grow_linearly_with_depth_and_scan_matches_unrolled():
     per_block = 2 * 64 + 2 * (64 * 64 + 64)
     base = _count("resmlp", (1, 10), depth=1, width=64)
-    assert _count("resmlp", (1, 10), depth=5, width=64) == base + 4 * per_block
+    assert _count("resmlp", (1, 10), depth=5, width=64, scan=False) == base + 4 * per_block
     assert _count("resmlp", (1, 10), depth=5, width=64, scan=True) == base + 4 * per_block
 
 
@@ -86,26 +86,166 @@ def test_dropout_is_active_only_in_training():
     assert not np.allclose(trained[0], trained[1])
 
 
-@pytest.mark.parametrize("name,check", [
-    ("normal", lambda w: abs(w.std() - 0.01) < 0.001 and abs(w.mean()) < 0.001),
-    ("uniform", lambda w: w.min() >= -0.05 and w.max() <= 0.05 and w.max() > 0.045),
-    ("he_normal", lambda w: abs(w.std() - np.sqrt(2 / 400)) < 0.01),
-    ("glorot_uniform", lambda w: abs(w).max() <= np.sqrt(6 / (400 + 300))),
-])
-def test_initializers_have_their_documented_scale(name, check):
-    w = np.asarray(models.get_initializer(name)(jax.random.PRNGKey(0), (400, 300)))
-    assert check(w)
+# --- initialisers: every name's distribution and scale -------------------------------
+# name -> (distribution, scale(fan_in, fan_out), the jax initialiser it stands for); scale
+# is the std for normals (jax's truncated normals are rescaled to keep it) and the
+# limit for uniforms. Fans of a (..., in, out) kernel: receptive field * in, * out.
+_INIT_SPECS = {
+    "normal": ("normal", lambda fi, fo: 0.01, jax.nn.initializers.normal(0.01)),
+    "uniform": ("uniform", lambda fi, fo: 0.05,
+                lambda k, s: jax.random.uniform(k, s, jnp.float32, -0.05, 0.05)),
+    "glorot_normal": ("truncated", lambda fi, fo: np.sqrt(2 / (fi + fo)),
+                      jax.nn.initializers.glorot_normal()),
+    "glorot_uniform": ("uniform", lambda fi, fo: np.sqrt(6 / (fi + fo)),
+                       jax.nn.initializers.glorot_uniform()),
+    "he_normal": ("truncated", lambda fi, fo: np.sqrt(2 / fi), jax.nn.initializers.he_normal()),
+    "he_uniform": ("uniform", lambda fi, fo: np.sqrt(6 / fi), jax.nn.initializers.he_uniform()),
+    "lecun_normal": ("truncated", lambda fi, fo: np.sqrt(1 / fi),
+                     jax.nn.initializers.lecun_normal()),
+    "lecun_uniform": ("uniform", lambda fi, fo: np.sqrt(3 / fi),
+                      jax.nn.initializers.lecun_uniform()),
+}
 
 
-def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient():
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 10, 4))  # odd height is cropped
-    ours = lambda x: (models.max_pool_2x2(x) ** 3).sum()
-    flax_pool = lambda x: (nn.max_pool(x, (2, 2), (2, 2)) ** 3).sum()
-    np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
-    np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(flax_pool)(x), rtol=1e-6)
+def _check_init_statistics(name, w):
+    """w, a (..., fan_in', fan_out) kernel, has the mean, std and range `name` documents."""
+    w = np.asarray(w, np.float64)
+    receptive = int(np.prod(w.shape[:-2]))
+    fan_in, fan_out = receptive * w.shape[-2], receptive * w.shape[-1]
+    dist, scale, _ = _INIT_SPECS[name]
+    std = scale(fan_in, fan_out) / (np.sqrt(3) if dist == "uniform" else 1)
+    assert abs(w.mean()) < 5 * std / np.sqrt(w.size), (name, w.mean(), std)
+    assert abs(w.std() / std - 1) < 0.03, (name, w.std(), std)  # sampling error <= 0.6%
+    peak = np.abs(w).max() / std
+    if dist == "uniform":  # U(-limit, limit): |w| <= limit = sqrt(3) std, and close to it
+        assert np.sqrt(3) * 0.99 < peak <= np.sqrt(3) * (1 + 1e-6), (name, peak)
+    elif dist == "truncated":  # cut at 2 std of the underlying normal = 2.27 std
+        assert 2.2 < peak <= 2 / 0.87962566 * (1 + 1e-5), (name, peak)
+    else:  # a full normal: >= 18k draws reach past 3.5 std
+        assert peak > 3.5, (name, peak)
+
+
+def test_every_initializer_name_has_a_documented_distribution():
+    assert sorted(_INIT_SPECS) == models.initializer_names()
+
+
+@pytest.mark.parametrize("shape", [(512, 256), (3, 3, 64, 32)])  # fan_in != fan_out
+@pytest.mark.parametrize("name", sorted(_INIT_SPECS))
+def test_initializers_have_their_documented_distribution_and_scale(name, shape):
+    key = jax.random.PRNGKey(0)
+    w = models.get_initializer(name)(key, shape)
+    assert w.shape == shape and w.dtype == jnp.float32
+    _check_init_statistics(name, w)
+    # and it is the jax initialiser the name stands for, draw for draw
+    np.testing.assert_array_equal(w, _INIT_SPECS[name][2](key, shape))
+
+
+@pytest.mark.parametrize("name", sorted(_INIT_SPECS))
+def test_models_initialise_their_kernels_with_the_named_initializer(name):
+    model = models.get("mlp", hidden_sizes=(192,), num_outputs=3, kernel_init=name)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 384)))["params"]
+    _check_init_statistics(name, params["Dense_0"]["kernel"])  # (384, 192)
+
+
+# --- dropout ----------------------------------------------------------------------------
+def _dropout(x, rate, key=0, deterministic=False):
+    return models.Dropout(rate).apply({}, x, deterministic=deterministic,
+                                      rngs={"dropout": jax.random.PRNGKey(key)})
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.5, 0.75])
+def test_dropout_keeps_1_minus_p_and_scales_kept_units_by_1_over_1_minus_p(rate):
+    x = jax.random.uniform(jax.random.PRNGKey(1), (64, 1000), minval=0.5, maxval=2.0)
+    out = np.asarray(_dropout(x, rate))
+    x = np.asarray(x)
+    kept = out != 0
+    # kept units are x / (1 - p) (float32), dropped ones exactly 0: nothing else
+    np.testing.assert_allclose(out[kept], x[kept] / np.float32(1 - rate), rtol=1e-6, atol=0)
+    assert np.all(out[~kept] == 0.0)
+    # keep rate 1 - p over 64,000 units (sampling std <= 0.002), and per example
+    assert abs(kept.mean() - (1 - rate)) < 0.01, kept.mean()
+    assert np.all(np.abs(kept.mean(axis=1) - (1 - rate)) < 0.07)
+    # the expectation is kept: E[out] = x
+    assert abs(out.sum() / x.sum() - 1) < 0.02
+
+
+def test_dropout_is_the_identity_when_deterministic_or_rate_zero():
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 50))
+    np.testing.assert_array_equal(_dropout(x, 0.5, deterministic=True), x)
+    np.testing.assert_array_equal(_dropout(x, 0.0), x)
+
+
+def test_dropout_masks_are_per_example_and_do_not_depend_on_the_batch():
+    x = jax.random.uniform(jax.random.PRNGKey(2), (16, 256), minval=1.0, maxval=2.0)
+    big = np.asarray(_dropout(x, 0.5)) != 0
+    # the first 8 examples of a batch of 16 get the masks they get in a batch of 8
+    np.testing.assert_array_equal(np.asarray(_dropout(x[:8], 0.5)) != 0, big[:8])
+    # and the mask does not depend on the values: other rows, same index, same mask
+    np.testing.assert_array_equal(np.asarray(_dropout(x[::-1], 0.5)) != 0, big)
+    # every example draws its own mask, and another key draws other masks
+    assert len({m.tobytes() for m in big}) == 16
+    assert not np.array_equal(np.asarray(_dropout(x, 0.5, key=1)) != 0, big)
+
+
+def test_dropout_under_pmap_drops_what_one_device_drops():
+    # 4 devices x 2 examples with axis_name: device d holds global examples 2d, 2d + 1
+    x = jax.random.uniform(jax.random.PRNGKey(3), (8, 64), minval=1.0, maxval=2.0)
+    key = jax.random.PRNGKey(5)
+    layer = models.Dropout(0.5, axis_name="batch")
+    sharded = jax.pmap(lambda xs: layer.apply({}, xs, deterministic=False, rngs={"dropout": key}),
+                       axis_name="batch", devices=jax.devices()[:4])(x.reshape(4, 2, 64))
+    single = models.Dropout(0.5).apply({}, x, deterministic=False, rngs={"dropout": key})
+    np.testing.assert_array_equal(np.asarray(sharded).reshape(8, 64), single)
+
+
+# --- 2x2 max pooling against flax -------------------------------------------------------
+@jax.jit
+def _pools_and_vjps(x, g):
+    """(values, x-gradient for cotangent g) of jnn's 2x2 max pool and of flax's."""
+    results = []
+    for pool in (models.max_pool_2x2, lambda x: nn.max_pool(x, (2, 2), (2, 2))):
+        out, vjp = jax.vjp(pool, x)
+        results.append((out, vjp(g)[0]))
+    return results
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (2, 7, 9, 3)])  # even; odd height and width
+@pytest.mark.parametrize("values", ["normal", "ties"])
+def test_max_pool_2x2_values_and_gradients_equal_flax_max_pool(shape, values):
+    kx, kg = jax.random.split(jax.random.PRNGKey(sum(shape)))
+    if values == "normal":
+        x = jax.random.normal(kx, shape)
+    else:  # three levels: most windows hold a tie for the maximum
+        x = jax.random.randint(kx, shape, 0, 3).astype(jnp.float32)
+        win = np.asarray(x)[:, : shape[1] // 2 * 2, : shape[2] // 2 * 2]
+        win = win.reshape(shape[0], shape[1] // 2, 2, shape[2] // 2, 2, shape[3])
+        assert ((win == win.max(axis=(2, 4), keepdims=True)).sum(axis=(2, 4)) > 1).mean() > 0.3
+    pooled_shape = (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+    g = jax.random.normal(kg, pooled_shape)  # a random cotangent: each window its own
+    (out, grad), (ref_out, ref_grad) = _pools_and_vjps(x, g)
+    assert out.shape == ref_out.shape == pooled_shape and grad.shape == shape
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(grad, ref_grad)  # odd trailing rows/columns get 0
+    # each window sends its cotangent to exactly one position
+    np.testing.assert_allclose(grad.sum(axis=(1, 2)), g.sum(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+    assert int((grad != 0).sum()) == int((g != 0).sum())
 
 
 def test_max_pool_2x2_gives_a_tied_windows_gradient_to_one_position():
     x = jnp.ones((1, 2, 2, 1))
     grad = jax.grad(lambda x: models.max_pool_2x2(x).sum())(x)
     assert float(grad.sum()) == 1.0 and float(grad[0, 0, 0, 0]) == 1.0
+
+
+def test_scanned_resmlp_computes_what_the_unrolled_one_does():
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 10))
+    unrolled = models.get("resmlp", depth=3, width=16, scan=False)
+    scanned = models.get("resmlp", depth=3, width=16)  # scan is the default
+    params = unrolled.init(jax.random.PRNGKey(0), x)["params"]
+    blocks = [params[f"ResidualBlock_{i}"] for i in range(3)]
+    stacked = {"Dense_0": params["Dense_0"], "Dense_1": params["Dense_1"],
+               "ScanResidualBlock_0": jax.tree.map(lambda *b: jnp.stack(b), *blocks)}
+    scanned_params = scanned.init(jax.random.PRNGKey(0), x)["params"]
+    assert jax.tree.structure(stacked) == jax.tree.structure(scanned_params)
+    np.testing.assert_allclose(scanned.apply({"params": stacked}, x),
+                               unrolled.apply({"params": params}, x), rtol=1e-5, atol=1e-6)
