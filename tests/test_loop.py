@@ -36,12 +36,14 @@ def test_download_configs_train_end_to_end_on_mock_data(tmp_path, name):
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["steps"] == 2
 
 
+@pytest.mark.slow  # trains for epochs
 def test_digits_cnn_learns_in_a_few_epochs(tmp_path):
     summary = train_and_evaluate(_short("digits_cnn", epochs=5), str(tmp_path), progress=False,
                                  log=lambda _: None)
     assert summary["test_accuracy"] > 0.9
 
 
+@pytest.mark.slow  # trains for epochs
 def test_diabetes_mlp_beats_predicting_the_training_mean(tmp_path):
     config = configs.get_config("diabetes_mlp")
     summary = train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
@@ -60,11 +62,69 @@ def test_the_second_epoch_compiles_nothing(tmp_path, compile_counter):
     assert len(epochs_done) == 2 and compile_counter.count == 0
 
 
-def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
-    config = _short("digits_mlp", epochs=50, early_stopping_patience=1, learning_rate=2.0,
-                    optimizer="sgd")
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("patience,val_losses,best_epoch", [
+    (3, [5.0, 4.0, 3.0, 3.0, 3.5, 3.2, 1.0, 1.0, 1.0, 1.0], 3),  # a tie is no improvement
+    (3, [3.0, 4.0, 5.0, 2.0, 6.0, 7.0, 8.0, 0.1, 0.1, 0.1], 4),  # a late best restarts the count
+    (1, [2.0, 1.0, 1.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], 2),
+    (2, [1.0, NAN, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], 1),  # NaN is no improvement
+    (3, [NAN] * 10, None),  # never a finite val_loss: stop after `patience` epochs
+    (0, [1.0, 2.0, 3.0, 4.0, 5.0], 1),  # 0: off, all epochs run
+])
+def test_early_stopping_stops_exactly_patience_epochs_after_the_best(
+        tmp_path, monkeypatch, patience, val_losses, best_epoch):
+    # The validation losses are scripted (training is real), so the stopping point is known.
+    import train.loop as loop
+
+    report, scripted = loop._report, iter(val_losses)
+
+    def scripted_report(sums, dataset, prefix):
+        out = report(sums, dataset, prefix)
+        if prefix == "val":
+            out["val_loss"] = next(scripted)
+        return out
+
+    monkeypatch.setattr(loop, "_report", scripted_report)
+    epochs = len(val_losses)
+    config = _short("digits_mlp", epochs=epochs, early_stopping_patience=patience,
+                    batch_size=256, model_kwargs={"hidden_sizes": (16,)}, save_checkpoint=False,
+                    parallel="none")
+    lines = []
+    summary = train_and_evaluate(config, str(tmp_path), progress=False, log=lines.append)
+
+    expected_epochs = epochs if not patience else (best_epoch or 0) + patience
+    steps_per_epoch = summary["history"][0]["step"]
+    assert summary["epochs"] == len(summary["history"]) == expected_epochs
+    assert summary["steps"] == expected_epochs * steps_per_epoch
+    assert [r["epoch"] for r in summary["history"]] == list(range(1, expected_epochs + 1))
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == expected_epochs
+    if best_epoch is None:
+        assert summary["best_val"] is None
+    else:
+        assert summary["best_val"] == {"epoch": best_epoch,
+                                       "val_loss": val_losses[best_epoch - 1]}
+    stopped = [line for line in lines if line.startswith("early stopping")]
+    if patience and expected_epochs < epochs:
+        assert stopped == [f"early stopping: no better val_loss for {patience} epochs "
+                           f"(best at epoch {best_epoch or 0})"]
+    else:
+        assert stopped == []
+
+
+@pytest.mark.slow  # trains for epochs
+def test_early_stopping_on_a_diverging_run_stops_patience_epochs_after_its_best(tmp_path):
+    # Real validation losses: SGD with a learning rate of 2 stops improving within a few epochs.
+    patience = 2
+    config = _short("digits_mlp", epochs=50, early_stopping_patience=patience,
+                    learning_rate=2.0, optimizer="sgd", save_checkpoint=False)
     summary = train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
-    assert summary["epochs"] < 50
+    val_losses = [r["val_loss"] for r in summary["history"]]
+    best = summary["best_val"]
+    assert summary["epochs"] == len(val_losses) == best["epoch"] + patience < 50
+    assert best["val_loss"] == min(v for v in val_losses if v == v) == val_losses[best["epoch"] - 1]
+    assert all(not v < best["val_loss"] for v in val_losses[best["epoch"]:])
 
 
 def test_a_second_run_in_the_same_workdir_keeps_the_first_runs_outputs(tmp_path):

@@ -2,9 +2,13 @@
 
 import re
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
 import jnn
 from jnn import parallel
@@ -157,3 +161,125 @@ def test_donating_a_sharded_state_leaves_the_original_usable():
     step = parallel.jit_sharded(jnn.make_train_step(), sharded, mesh)
     step(sharded, parallel.shard_batch(_batches(n=1)[0], mesh))
     assert int(state.step) == 0 and np.isfinite(np.asarray(state.params["Dense_0"]["kernel"])).all()
+
+
+# ------------------------------------------------- BatchNorm that knows nothing of devices
+# Neither module gives BatchNorm an axis_name: under pmap each device normalises its own
+# rows, and it is the step (make_train_step(axis_name=...)) that must average the updated
+# statistics over the devices. Under sharded jit the module sees the global batch.
+class _LinenBatchNormNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Dense(16)(x.reshape((x.shape[0], -1)))
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+        return nn.Dense(10)(nn.relu(x))
+
+
+class _NNXBatchNormNet(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(64, 16, rngs=rngs)
+        self.norm = nnx.BatchNorm(16, momentum=0.5, rngs=rngs)
+        self.out = nnx.Linear(16, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.relu(self.norm(self.hidden(x.reshape((x.shape[0], -1))))))
+
+
+def _device_shifted_batch(size=32, seed=3):
+    """Rows of device d (pmap split into 8 slices) are shifted by d and scaled by 1 + d/4,
+    so every device's statistics differ, their average differs from device 0's, and the
+    average of per-device variances differs from the global batch's variance."""
+    rng = np.random.default_rng(seed)
+    device = np.repeat(np.arange(NUM_DEVICES), size // NUM_DEVICES)[:, None, None, None]
+    x = rng.normal(size=(size, 8, 8, 1)) * (1 + device / 4) + device
+    return {"x": x.astype(np.float32), "y": rng.integers(0, 10, size=size)}
+
+
+def _stats_by_hand(kind, params, model_state, x):
+    """The statistics after one training forward pass on `x`, straight from Flax."""
+    if kind == "linen":
+        _, updates = _LinenBatchNormNet().apply({"params": params, **model_state}, x,
+                                                train=True, mutable=["batch_stats"])
+        return {"batch_stats": jax.device_get(updates["batch_stats"])}
+    module = _NNXBatchNormNet(nnx.Rngs(0))  # the same initial values as the state's
+    module.train()
+    module(jnp.asarray(x))
+    return jax.device_get(nnx.to_pure_dict(nnx.state(module, nnx.BatchStat)))
+
+
+def _device_unaware_state(kind, learning_rate=0.1):
+    module = _LinenBatchNormNet() if kind == "linen" else _NNXBatchNormNet(nnx.Rngs(0))
+    return jnn.create_train_state(module, optax.sgd(learning_rate), jax.random.PRNGKey(0),
+                                  np.zeros((1, 8, 8, 1), np.float32))
+
+
+def _assert_trees_close(got, expected, rtol=1e-5, atol=1e-6):
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                         rtol=rtol, atol=atol), got, expected)
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_pmap_averages_the_statistics_of_a_batchnorm_without_axis_name(kind):
+    state = _device_unaware_state(kind)
+    batch = _device_shifted_batch()
+    step = parallel.pmap_train_step(jnn.make_train_step(axis_name=parallel.PMAP_AXIS))
+    new, _ = step(parallel.replicate(state), parallel.split_batch(batch))
+
+    per_device = [_stats_by_hand(kind, state.params, state.model_state, x)
+                  for x in parallel.split_batch(batch)["x"]]
+    expected = jax.tree.map(lambda *s: np.mean(s, axis=0), *per_device)
+    stats = jax.device_get(new.model_state)
+    for d in range(NUM_DEVICES):  # every replica holds the average, not its own statistics
+        _assert_trees_close(jax.tree.map(lambda s: s[d], stats), expected)
+    # the data make the average distinguishable from any one device's statistics
+    for own in per_device:
+        assert not np.allclose(jax.tree.leaves(own)[0], jax.tree.leaves(expected)[0], atol=1e-2)
+
+
+def test_pmap_gradient_of_a_batchnorm_without_axis_name_is_the_mean_over_devices():
+    # Each device normalises its own rows; the update is the gradient of the sum of the
+    # devices' losses over the global number of examples (plain SGD: no optimizer rescales).
+    state, learning_rate = _device_unaware_state("linen"), 0.1
+    batch = parallel.split_batch(_device_shifted_batch())
+    step = parallel.pmap_train_step(jnn.make_train_step(axis_name=parallel.PMAP_AXIS))
+    new, metrics = step(parallel.replicate(state), batch)
+
+    def loss_sum(params):
+        total = 0.0
+        for x, y in zip(batch["x"], batch["y"]):
+            logits, _ = _LinenBatchNormNet().apply({"params": params, **state.model_state}, x,
+                                                   train=True, mutable=["batch_stats"])
+            total += optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
+        return total
+
+    total, grads = jax.jit(jax.value_and_grad(loss_sum))(state.params)
+    count = batch["y"].size
+    expected = jax.tree.map(lambda p, g: p - learning_rate * g / count, state.params, grads)
+    _assert_trees_close(parallel.unreplicate(new.params), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(parallel.unreplicate(metrics)["loss"], (total, count), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_sharded_jit_batchnorm_statistics_are_those_of_the_global_batch(kind):
+    state, batch = _device_unaware_state(kind), _device_shifted_batch()
+    mesh = parallel.make_mesh()
+    sharded = parallel.shard_state(state, mesh)
+    step = parallel.jit_sharded(jnn.make_train_step(), sharded, mesh)
+    got, _ = step(sharded, parallel.shard_batch(batch, mesh))
+    single, _ = jax.jit(jnn.make_train_step())(state, batch)
+
+    expected = _stats_by_hand(kind, state.params, state.model_state, batch["x"])
+    _assert_trees_close(jax.device_get(got.model_state), expected)
+    _assert_trees_close(jax.device_get(single.model_state), expected)
+    _assert_trees_close(jax.device_get(got.params), jax.device_get(single.params),
+                        rtol=1e-4, atol=1e-6)
+    # global statistics, not the average of per-device ones (the two differ on this batch)
+    per_device = [_stats_by_hand(kind, state.params, state.model_state, x)
+                  for x in parallel.split_batch(batch)["x"]]
+    averaged = jax.tree.map(lambda *s: np.mean(s, axis=0), *per_device)
+    variances = [v for path, v in jax.tree_util.tree_flatten_with_path(averaged)[0]
+                 if "var" in jax.tree_util.keystr(path)]
+    global_variances = [v for path, v in jax.tree_util.tree_flatten_with_path(expected)[0]
+                        if "var" in jax.tree_util.keystr(path)]
+    assert not np.allclose(variances, global_variances, rtol=1e-2)

@@ -121,7 +121,7 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
         if kept:
             log(f"the earlier run's outputs in {workdir} moved to {kept}")
         open(metrics_path, "w").close()
-    history, best = [], {"epoch": -1, "val_loss": float("inf")}
+    history, best = [], {"epoch": 0, "val_loss": float("inf")}  # epoch 0: none yet
     bar = tqdm(total=config["epochs"] * steps_per_epoch, unit="step", leave=False,
                disable=None if progress is None else not progress)
     train_start = time.perf_counter()
