@@ -259,6 +259,7 @@ def test_schema_rejects_a_malformed_record():
     assert any("round_step_ms" in p for p in problems)
 
 
+@pytest.mark.slow  # ten worker processes, torch.compile's cold compile
 def test_quick_smoke_on_the_smallest_model_writes_all_outputs(tmp_path):
     assert bench_main.main(["--quick", "--only", "*/mlp/jit/*", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
