@@ -206,3 +206,29 @@ def test_binary_ensemble_members_and_their_average_get_an_accuracy(rng):
     assert float(metrics["ensemble_accuracy"][0]) == float(((mean_p > 0.5) == y).sum())
     nll = -(y * np.log(mean_p) + (1 - y) * np.log(1 - mean_p))
     np.testing.assert_allclose(metrics["ensemble_loss"][0], nll.sum(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (6, 2, 2)])
+def test_mse_averages_every_output_entry_of_an_example(rng, shape):
+    outputs = rng.normal(size=shape).astype(np.float32)
+    targets = rng.normal(size=shape).astype(np.float32)
+    losses, weights, metrics = jnn.objectives.get("mse")(jnp.asarray(outputs), {"y": targets})
+    expected = ((outputs - targets) ** 2).reshape(6, -1).mean(1)
+    np.testing.assert_allclose(losses, expected, rtol=1e-6)
+    assert weights.shape == (6,) and metrics == {}
+
+
+def test_an_l1_penalty_adds_its_subgradient_on_kernels_only(rng):
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    batch = {"x": x, "y": x.sum(1, keepdims=True)}
+    state = jnn.create_train_state(Regressor(), optax.sgd(0.1), jax.random.PRNGKey(0), x)
+
+    def loss(params):
+        out = state.model.module.apply({"params": params}, x)
+        kernels = [w for w in jax.tree.leaves(params) if w.ndim > 1]
+        return ((out - batch["y"]) ** 2).mean() + 0.01 * sum(jnp.abs(w).sum() for w in kernels)
+
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, jax.grad(loss)(state.params))
+    new_state, _ = jax.jit(jnn.make_train_step("mse", l1=0.01))(state, batch)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 new_state.params, expected)

@@ -178,3 +178,15 @@ def test_the_pooling_gradient_keeps_a_bfloat16_dtype():
     grad = jax.grad(lambda v: jnn.models.max_pool_2x2(v).astype(jnp.float32).sum())(x)
     assert grad.dtype == jnp.bfloat16
     assert float(grad.astype(jnp.float32).sum()) == 2 * 2 * 2 * 3  # one winner per window
+
+
+def test_a_model_without_mutable_variables_has_an_empty_model_state_and_float32_metrics(rng):
+    batch = _batch(rng)
+    state = jnn.create_train_state(jnn.models.get("mlp"), optax.sgd(0.1), jax.random.PRNGKey(0),
+                                   batch["x"])
+    assert state.model_state == {}
+    _, metrics = jax.jit(jnn.make_train_step(compute_dtype="bfloat16"))(state, batch)
+    assert {leaf.dtype for leaf in jax.tree.leaves(metrics)} == {jnp.dtype(jnp.float32)}
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(state))
+    stacked = jax.vmap(lambda s: s)(jax.tree.map(lambda v: jnp.stack([v, v]), state))
+    assert stacked.params["Dense_0"]["kernel"].shape[0] == 2
