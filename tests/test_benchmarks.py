@@ -14,6 +14,8 @@ from benchmarks import __main__ as bench_main  # noqa: E402
 from benchmarks import (frameworks, interleave, models, plan, report, schema, timing,  # noqa: E402
                         worker)
 
+pytestmark = pytest.mark.slow  # builds every framework (torch, keras, flax) in workers
+
 SMALL_MODELS = ("mlp", "cnn", "cifar_cnn", "resmlp-2")
 
 

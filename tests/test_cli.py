@@ -8,6 +8,8 @@ import pytest
 
 from train.__main__ import main
 
+pytestmark = pytest.mark.slow  # runs the harness, some tests in real processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -8,6 +8,8 @@ import tensorflow_datasets as tfds
 from train import config as configs
 from train.loop import train_and_evaluate
 
+pytestmark = pytest.mark.slow  # end-to-end harness runs (data, compile, epochs)
+
 SUMMARY_FIELDS = ("config", "test_loss", "epochs", "steps", "train_time_s", "compile_time_s",
                   "examples_per_s", "devices", "jax_version")
 

@@ -7,6 +7,8 @@ from train import config as configs
 from train.__main__ import main
 from train.loop import train_and_evaluate
 
+pytestmark = pytest.mark.slow  # end-to-end harness runs on 8 devices
+
 
 def _run(tmp_path, name="digits_cnn", **fields):
     config = configs.get_config(name)

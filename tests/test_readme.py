@@ -5,6 +5,9 @@ import re
 
 import jax
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # runs every README block, each compiling several steps
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
