@@ -1,5 +1,6 @@
 """`python -m train`: bad input ends with a non-zero exit code and one line naming the fix."""
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,24 @@ def test_the_process_exit_code_is_non_zero_on_bad_input():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: unknown model 'nope'")
+
+
+def test_show_prints_the_resolved_config_and_trains_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", "mnist_cnn", "--set", "epochs=3", "--set", "microbatches=2",
+                 "--show"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["dataset"] == "mnist" and shown["epochs"] == 3 and shown["microbatches"] == 2
+    assert os.listdir(tmp_path) == []  # no runs/ folder, no data read
+
+
+def test_without_arguments_the_default_config_is_digits_cnn(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--show"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["dataset"], shown["model"]) == ("digits", "cnn")
+
+
+def test_traceback_shows_the_whole_error_instead_of_one_line():
+    with pytest.raises(ValueError, match="unknown model 'resnet9'"):
+        main(["--set", "model=resnet9", "--traceback"])
