@@ -63,11 +63,16 @@ def _batch_size(batch: dict) -> int:
     return int(np.shape(jax.tree.leaves(batch)[0])[0])
 
 
+def nearest_divisible_sizes(batch_size: int, num_devices: int) -> list[int]:
+    """The batch sizes next to `batch_size` (below and above) that divide over the devices."""
+    lower = batch_size - batch_size % num_devices
+    return [n for n in (lower, lower + num_devices) if n > 0]
+
+
 def check_divisible(batch_size: int, num_devices: int) -> None:
     """Raises a one-line ValueError unless the global batch splits evenly over the devices."""
     if batch_size % num_devices:
-        lower = batch_size - batch_size % num_devices
-        sizes = f"{lower} or {lower + num_devices}" if lower else f"{num_devices}"
+        sizes = " or ".join(map(str, nearest_divisible_sizes(batch_size, num_devices)))
         raise ValueError(f"a batch of {batch_size} examples does not divide over {num_devices} "
                          f"devices; use a batch size of {sizes}")
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jnn import objectives as objectives_lib
 from jnn.state import TrainState, as_batch
+from jnn.step import forward
 
 
 def per_example_loss_grads(state: TrainState, params, batch: dict, objective, rng):
@@ -29,12 +30,10 @@ def per_example_loss_grads(state: TrainState, params, batch: dict, objective, rn
 
     def single(params, example, i):
         example = jax.tree.map(lambda x: x[None], example)
-        outputs, _ = state.model.apply(params, state.model_state, example, train=True,
-                                       rng=jax.random.fold_in(rng, i))
-        outputs = jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
-        losses, weights, metrics = objectives_lib.evaluate(objective, outputs, example)
-        loss_sum = (losses * weights).sum()
-        return loss_sum, (loss_sum, weights.sum(), metrics)
+        (loss_sum, weight_sum, metrics), _, _ = forward(
+            state, params, state.model_state, example, objective, train=True,
+            rng=jax.random.fold_in(rng, i))
+        return loss_sum, (loss_sum, weight_sum, metrics)
 
     size = jax.tree.leaves(batch)[0].shape[0]
     grads, (loss_sums, weight_sums, metrics) = jax.vmap(

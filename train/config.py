@@ -111,8 +111,8 @@ def check_batch_divides(batch_size: int, num_devices: int) -> None:
     """Raises a one-line ValueError, naming the flags to change, unless the global batch
     splits evenly over the devices (checked before jnn sees the batch)."""
     if batch_size % num_devices:
-        lower = batch_size - batch_size % num_devices
-        sizes = " or ".join(str(n) for n in (lower, lower + num_devices) if n > 0)
+        sizes = " or ".join(map(str, jnn.parallel.nearest_divisible_sizes(batch_size,
+                                                                          num_devices)))
         raise ValueError(f"global batch size {batch_size} does not divide over {num_devices} "
                          f"devices; use --set batch_size={sizes} (or --per-device-batch-size)")
 
