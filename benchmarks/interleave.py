@@ -29,6 +29,16 @@ from benchmarks.plan import spec_name
 WORKER_TIMEOUT_S = 900  # to build, or to answer one command
 
 
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python_path() -> str:
+    """The worker's PYTHONPATH: the repository after the caller's own entries, so that
+    `benchmarks` imports from any cwd (a worker's cwd, first on its path, may hold
+    another jnn revision)."""
+    return os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), REPOSITORY]))
+
+
 class WorkerError(RuntimeError):
     """A worker exited, failed or did not answer in time."""
 
@@ -47,7 +57,7 @@ class WorkerProcess:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=cwd)
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _python_path()}, cwd=cwd)
         try:
             self.records = self._receive()["records"]
         except WorkerError:

@@ -70,11 +70,17 @@ def _mean_of_members(outputs: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class Classification:
     """Softmax cross-entropy of (..., K) logits against integer (...) or one-hot (..., K)
-    labels, one unit per label position; metric "accuracy" (argmax hits)."""
+    labels, one unit per label position; metric "accuracy" (argmax hits).
+
+    `confusion_matrix=True` adds the metric "confusion_matrix": its sum is the (K, K)
+    count of units with true class i (row) predicted as j (column), its count the
+    number of units, so it adds up over batches and devices like every metric.
+    """
 
     label_smoothing: float = 0.0
     target: str = "y"
     mask: str = "mask"
+    confusion_matrix: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -86,8 +92,14 @@ class Classification:
         if labels.ndim == outputs.ndim:  # one-hot
             labels = labels.argmax(-1)
         weights = unit_weights(batch, loss.shape, self.mask)
-        hits = outputs.argmax(-1) == labels
-        return loss, weights, {"accuracy": weighted_mean_metric(hits, weights)}
+        predicted = outputs.argmax(-1)
+        metrics = {"accuracy": weighted_mean_metric(predicted == labels, weights)}
+        if self.confusion_matrix:
+            classes = outputs.shape[-1]
+            true_rows = jax.nn.one_hot(labels, classes) * weights[..., None]
+            counts = jnp.einsum("...i,...j->ij", true_rows, jax.nn.one_hot(predicted, classes))
+            metrics["confusion_matrix"] = (counts, weights.sum())
+        return loss, weights, metrics
 
     @staticmethod
     def combine_members(outputs: jax.Array) -> jax.Array:

@@ -69,9 +69,14 @@ def forward(state: TrainState, params, model_state, batch: Batch, objective: Obj
     return (loss_sum, weights.sum(), metrics), outputs, new_model_state
 
 
+def _keep_unless(condition, new, old):
+    """`new` where `condition` holds, else `old` (leaf by leaf)."""
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
+
+
 def make_train_step(objective: str | Objective = "cross_entropy", *,
                     axis_name: str | None = None, microbatches: int = 1, compute_dtype=None,
-                    l1: float = 0.0, l2: float = 0.0
+                    l1: float = 0.0, l2: float = 0.0, skip_nonfinite: bool = False
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Returns `train_step(state, batch) -> (new_state, metrics)`, a pure function.
 
@@ -88,6 +93,10 @@ def make_train_step(objective: str | Objective = "cross_entropy", *,
       compute_dtype: None (float32), "bfloat16" or "float16" (needs state.loss_scale).
       l1, l2: coefficients of L1 / 0.5*L2 penalties on the kernels (arrays of rank > 1),
         added to the mean loss (not to the reported loss).
+      skip_nonfinite: a step whose loss or gradients are not finite changes nothing but
+        the step counter (parameters, optimizer and model state are kept), reports no
+        loss or metrics for its batch, and counts itself in the metric "skipped" (whose
+        mean is the fraction of steps skipped). Off: the non-finite values are applied.
 
     The RNG key of step t is fold_in(state.rng, t), the same on every device: jnn's
     models draw each example's dropout mask from its global index
@@ -146,11 +155,16 @@ def make_train_step(objective: str | Objective = "cross_entropy", *,
             penalty_grads = jax.grad(losses.weight_penalty)(state.params, l1, l2)
             grads = jax.tree.map(jnp.add, grads, penalty_grads)
         new_state = state.apply_gradients(grads=grads, model_state=model_state)
-        if state.loss_scale is not None:
+        if state.loss_scale is not None or skip_nonfinite:
             finite = precision.all_finite(grads)
-            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
-                                     state.replace(step=state.step + 1))
-            new_state = new_state.replace(loss_scale=state.loss_scale.adjust(finite))
+            if skip_nonfinite:
+                finite = finite & precision.all_finite((metrics["loss"], model_state))
+            new_state = _keep_unless(finite, new_state, state.replace(step=state.step + 1))
+            if state.loss_scale is not None:
+                new_state = new_state.replace(loss_scale=state.loss_scale.adjust(finite))
+            if skip_nonfinite:
+                metrics = _keep_unless(finite, metrics, jax.tree.map(jnp.zeros_like, metrics))
+                metrics["skipped"] = ((~finite).astype(jnp.float32), jnp.ones((), jnp.float32))
         return new_state, metrics
 
     return train_step

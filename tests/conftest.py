@@ -51,3 +51,30 @@ def compile_counter():
     _COUNTER.count, _COUNTER.counting = 0, False
     yield _COUNTER
     _COUNTER.counting = False
+
+
+def _refuse_remote_connections():
+    """Nothing is downloaded at test time: a connection to anything but this machine fails
+    the test that makes it (loopback stays open for the multi-process tests)."""
+    import socket
+
+    local = ("127.0.0.1", "::1", "localhost", "0.0.0.0", None, "")
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def refuse(address):
+        raise AssertionError(f"a test tried to reach {address}; tests must not download")
+
+    def connect_locally(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in local:
+            refuse(address)
+        return connect(self, address)
+
+    def resolve_locally(host, *args, **kwargs):
+        if host not in local and host != socket.gethostname():
+            refuse(host)
+        return getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.getaddrinfo = connect_locally, resolve_locally
+
+
+_refuse_remote_connections()

@@ -105,12 +105,12 @@ def test_early_stopping_stops_exactly_patience_epochs_after_the_best(
     if best_epoch is None:
         assert summary["best_val"] is None
     else:
-        assert summary["best_val"] == {"epoch": best_epoch,
+        assert summary["best_val"] == {"epoch": best_epoch, "step": best_epoch * steps_per_epoch,
                                        "val_loss": val_losses[best_epoch - 1]}
     stopped = [line for line in lines if line.startswith("early stopping")]
     if patience and expected_epochs < epochs:
-        assert stopped == [f"early stopping: no better val_loss for {patience} epochs "
-                           f"(best at epoch {best_epoch or 0})"]
+        assert stopped == [f"early stopping: no better val_loss (by more than 0.0) for {patience} "
+                           f"epochs (best at epoch {best_epoch or 0})"]
     else:
         assert stopped == []
 
@@ -130,7 +130,7 @@ def test_early_stopping_on_a_diverging_run_stops_patience_epochs_after_its_best(
 
 
 def test_a_second_run_in_the_same_workdir_keeps_the_first_runs_outputs(tmp_path):
-    config = _short("digits_mlp")
+    config = _short("digits_mlp", save_checkpoint=False)  # nothing to resume from
     train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
     first = (tmp_path / "summary.json").read_text()
     train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)

@@ -232,3 +232,20 @@ def test_an_l1_penalty_adds_its_subgradient_on_kernels_only(rng):
     new_state, _ = jax.jit(jnn.make_train_step("mse", l1=0.01))(state, batch)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  new_state.params, expected)
+
+
+def test_the_confusion_matrix_counts_real_units_by_true_row_and_predicted_column(rng):
+    logits = rng.normal(size=(12, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, size=12)
+    mask = np.arange(12) < 9
+    objective = jnn.objectives.get("cross_entropy", confusion_matrix=True)
+    _, _, metrics = objective(jnp.asarray(logits), {"y": labels, "mask": mask})
+    counts, total = metrics["confusion_matrix"]
+    expected = np.zeros((4, 4))
+    for true, predicted in zip(labels[:9], logits[:9].argmax(-1)):
+        expected[true, predicted] += 1
+    np.testing.assert_array_equal(counts, expected)
+    assert total == 9
+    assert np.trace(counts) / total == pytest.approx(metrics["accuracy"][0] / metrics["accuracy"][1])
+    assert "confusion_matrix" not in jnn.objectives.get("cross_entropy")(
+        jnp.asarray(logits), {"y": labels})[2]

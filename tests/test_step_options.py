@@ -190,3 +190,26 @@ def test_a_model_without_mutable_variables_has_an_empty_model_state_and_float32_
     assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(state))
     stacked = jax.vmap(lambda s: s)(jax.tree.map(lambda v: jnp.stack([v, v]), state))
     assert stacked.params["Dense_0"]["kernel"].shape[0] == 2
+
+
+# ------------------------------------------------------------- non-finite steps
+@pytest.mark.parametrize("skip", [False, True])
+def test_skip_nonfinite_keeps_the_state_of_a_nan_step_and_counts_it(rng, skip):
+    model = jnn.models.get("cnn", batch_norm=True)
+    good, bad = _batch(rng), _batch(rng)
+    bad["x"][3] = np.nan
+    state = jnn.create_train_state(model, optax.adam(1e-3), jax.random.PRNGKey(0), good["x"])
+    step = jax.jit(jnn.make_train_step(skip_nonfinite=skip))
+    state, _ = step(state, good)
+    after, metrics = step(state, bad)
+    assert int(after.step) == int(state.step) + 1
+    finite = all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(after.params))
+    if skip:
+        _close(after.params, state.params, rtol=0, atol=0)
+        _close(after.opt_state, state.opt_state, rtol=0, atol=0)
+        _close(after.model_state, state.model_state, rtol=0, atol=0)
+        assert metrics["skipped"] == (1.0, 1.0) and metrics["loss"] == (0.0, 0.0)
+        _, metrics = step(after, good)
+        assert metrics["skipped"] == (0.0, 1.0) and metrics["loss"][1] == 16
+    else:
+        assert not finite and "skipped" not in metrics

@@ -1,37 +1,65 @@
-"""Harness configs: plain nested dicts, named configs in train/configs/, `--set` overrides.
+"""Harness configs: ml_collections ConfigDicts, from a named config or from your own file.
 
-A config is a dict whose values are numbers, strings, booleans, None, tuples, or nested
-dicts (groups such as `model_kwargs`). `apply_override(config, "a.b=VALUE")` parses
-VALUE by the type of the field it replaces, so a typo fails at once with a one-line
-error instead of deep inside training.
+    config = load_config("digits_cnn")             # train/configs/digits_cnn.py
+    config = load_config("experiments/mine.py")    # any file defining get_config()
+    apply_overrides(config, ["epochs=3", "model_kwargs.batch_norm=true"])  # --set
+    validate(config)                               # before any data is read
+    json.dumps(to_dict(config))                    # summary.json, --show
+    config = from_dict(saved)                      # back from JSON (reloads config_file)
+
+A config file is a Python file whose `get_config()` returns a ConfigDict built from
+`train.configs.base.base_config()` (the big_vision / Flax convention; see
+train/configs/examples/). It may register its own Linen model (`jnn.models.register`)
+and its own arrays (`jnn.data.register_arrays`) and name them in `config.model` and
+`config.dataset`. The config keeps the file's absolute path in `config_file`, so that
+another process, or a resumed run, loads the same file and so the same registrations.
+
+The kinds of fields are in train/config_fields.py, `--set` parsing in
+train/config_override.py, the checks in train/config_checks.py; this module gathers
+what callers use.
 """
 
 from __future__ import annotations
 
-import ast
 import copy
 import importlib
+import importlib.util
+import os
 import pkgutil
+import re
+import sys
+import traceback
 
-import jnn
+import ml_collections
+import numpy as np
 
-REQUIRED_FIELDS = ("dataset", "model", "optimizer", "learning_rate", "batch_size", "epochs", "seed")
+from train.config_checks import check_batch_divides, check_dataset, validate
+from train.config_override import apply_override, apply_overrides
+from train.configs.base import base_config
+
+__all__ = [
+    "apply_override", "apply_overrides", "base_config", "check_batch_divides", "check_dataset",
+    "config_doc", "config_names", "from_dict", "get_config", "is_config_file", "load_config",
+    "to_dict", "validate",
+]
 
 
+# ----------------------------------------------------------------- named configs
 def config_names() -> list[str]:
     """The named configs in train/configs/ (every module there except `base`)."""
     import train.configs as package
 
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name != "base")
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
+                  if m.name != "base" and not m.ispkg)
 
 
 def config_doc(name: str) -> str:
-    """The first line of a named config's docstring."""
+    """The first line of a named config's docstring: its one-line summary."""
     module = importlib.import_module(f"train.configs.{name}")
     return (module.__doc__ or "").strip().splitlines()[0]
 
 
-def get_config(name: str) -> dict:
+def get_config(name: str) -> ml_collections.ConfigDict:
     """A fresh copy of the named config.
 
     Raises:
@@ -39,135 +67,111 @@ def get_config(name: str) -> dict:
     """
     if name not in config_names():
         raise ValueError(f"unknown config {name!r}; choose one of {', '.join(config_names())} "
-                         "(python -m train --list describes them)")
+                         "(python -m train --list describes them), or give the path of a .py "
+                         "file defining get_config()")
     return copy.deepcopy(importlib.import_module(f"train.configs.{name}").get_config())
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError
+# ------------------------------------------------------------------ config files
+def is_config_file(name_or_path: str) -> bool:
+    """Whether --config names a file (a path, or a name ending in .py) or a named config."""
+    return name_or_path.endswith(".py") or "/" in name_or_path or os.sep in name_or_path
 
 
-def _parse_literal(text: str):
+def _line_in(err: BaseException, path: str) -> str:
+    """", line N" of the last place in `path` that `err` passed through."""
+    if isinstance(err, SyntaxError) and err.filename == path and err.lineno:
+        return f", line {err.lineno}"
+    lines = [f.lineno for f in traceback.extract_tb(err.__traceback__) if f.filename == path]
+    return f", line {lines[-1]}" if lines else ""
+
+
+def _load_file(path: str) -> ml_collections.ConfigDict:
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist; pass a named config "
+                                "(python -m train --list) or the path of a .py file defining "
+                                "get_config()")
+    # A module of its own in sys.modules: dataclasses (Linen modules) defined in the file
+    # resolve their annotations through it.
+    module_name = "train_config_file_" + re.sub(r"\W", "_", path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise ValueError(f"config file {path}: defines no get_config(); define one that "
+                             "returns train.configs.base.base_config() with your changes")
+        config = module.get_config()
+    except ValueError as err:
+        if str(err).startswith(f"config file {path}"):
+            raise
+        raise ValueError(f"config file {path}{_line_in(err, path)}: {err}") from err
+    except Exception as err:  # the file's own error: one line, --traceback for the rest
+        raise ValueError(f"config file {path}{_line_in(err, path)}: {type(err).__name__}: "
+                         f"{err} (--traceback shows where)") from err
+    if isinstance(config, dict):
+        config = ml_collections.ConfigDict(config)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"config file {path}: get_config() returned {type(config).__name__}; "
+                         "return a ConfigDict, e.g. train.configs.base.base_config() with your "
+                         "changes")
+    with config.ignore_type():
+        config["config_file"] = path
+    return config
 
 
-def _parse_like(old, text: str, field: str):
-    """Parses `text` as a value of the same type as `old`."""
-    kinds = {bool: ("true or false", _parse_bool), int: ("an integer", int),
-             float: ("a number", float)}
-    for kind, (description, parse) in kinds.items():
-        if type(old) is kind:
-            try:
-                return parse(text)
-            except ValueError:
-                raise ValueError(f"--set {field}={text}: {field} expects {description} "
-                                 f"(it is {old!r} now), e.g. --set {field}={old!r}") from None
-    if isinstance(old, (tuple, list)):
-        items = [i for i in text.split(",") if i.strip()]
-        return tuple(_parse_literal(i.strip()) for i in items)
-    if isinstance(old, str):
-        return text
-    if isinstance(old, dict):
-        raise ValueError(f"--set {field}=...: {field} is a group; set one of its fields as "
-                         f"--set {field}.NAME=VALUE")
-    return _parse_literal(text)  # None: take the literal's own type
+def load_config(name_or_path: str) -> ml_collections.ConfigDict:
+    """The config `name_or_path` names: a named config (see `config_names`), or a .py file
+    whose `get_config()` returns a ConfigDict. A file is run each time (so its model and
+    dataset registrations happen in this process) and its path is kept in `config_file`.
 
-
-def apply_override(config: dict, assignment: str) -> None:
-    """Applies one `FIELD=VALUE` (FIELD may be dotted: `model_kwargs.dropout_rate=0.2`).
-
-    New fields may be added inside groups (dict fields such as model_kwargs), not at
-    the top level, where a new name is almost always a typo.
+    Raises:
+      ValueError: an unknown name, or an error inside the file (one line with its line
+        number; the original error is chained).
+      FileNotFoundError: no file at the path.
     """
-    if "=" not in assignment:
-        raise ValueError(f"--set {assignment}: expected FIELD=VALUE, e.g. --set epochs=5")
-    field, text = assignment.split("=", 1)
-    field = field.strip()
-    *parents, leaf = field.split(".")
-    node = config
-    for i, part in enumerate(parents):
-        if not isinstance(node.get(part), dict):
-            raise ValueError(f"--set {assignment}: {'.'.join(parents[:i + 1])} is not a config "
-                             "group; python -m train --show prints the config")
-        node = node[part]
-    if leaf not in node:
-        if node is config:
-            raise ValueError(f"--set {assignment}: unknown field {leaf!r}; fields are "
-                             f"{', '.join(sorted(config))}")
-        node[leaf] = _parse_literal(text)
-        return
-    node[leaf] = _parse_like(node[leaf], text, field)
+    if is_config_file(name_or_path):
+        return _load_file(name_or_path)
+    return get_config(name_or_path)
 
 
-def check_batch_divides(batch_size: int, num_devices: int) -> None:
-    """Raises a one-line ValueError, naming the flags to change, unless the global batch
-    splits evenly over the devices (checked before jnn sees the batch)."""
-    if batch_size % num_devices:
-        sizes = " or ".join(map(str, jnn.parallel.nearest_divisible_sizes(batch_size,
-                                                                          num_devices)))
-        raise ValueError(f"global batch size {batch_size} does not divide over {num_devices} "
-                         f"devices; use --set batch_size={sizes} (or --per-device-batch-size)")
+# ----------------------------------------------------------------- plain values
+def _plain(value):
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
-def _check_positive_int(config: dict, field: str) -> None:
-    value = config[field]
-    if type(value) is not int or value <= 0:
-        raise ValueError(f"{field} must be a positive integer, got {value!r}")
+def to_dict(config) -> dict:
+    """`config` as plain Python: nested dicts, tuples, numbers, strings, None (what
+    `json.dump` writes; tuples become lists there)."""
+    return _plain(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config)
 
 
-def validate(config: dict) -> None:
-    """Checks names and ranges before any data is read; raises a one-line ValueError."""
-    missing = [f for f in REQUIRED_FIELDS if f not in config]
-    if missing:
-        raise ValueError(f"config lacks the fields {', '.join(missing)}")
-    checks = (
-        ("dataset", jnn.data.dataset_names()), ("model", jnn.models.names()),
-        ("optimizer", jnn.optimizer_names()), ("schedule", jnn.schedule_names()),
-        ("loss", jnn.objectives.names()),
-    )
-    for field, known in checks:
-        if config.get(field) not in known:
-            raise ValueError(f"unknown {field} {config.get(field)!r}; choose one of "
-                             f"{', '.join(known)} (--set {field}=NAME)")
-    if config["compute_dtype"] not in (None, "float32", "bfloat16", "float16"):
-        raise ValueError(f"compute_dtype must be float32, bfloat16 or float16, got "
-                         f"{config['compute_dtype']!r} (--set compute_dtype=bfloat16)")
-    for field in ("batch_size", "epochs", "microbatches"):
-        _check_positive_int(config, field)
-    if type(config["seed"]) is not int:
-        raise ValueError(f"seed must be an integer, got {config['seed']!r}")
-    if not config["learning_rate"] > 0:
-        raise ValueError(f"learning_rate must be > 0, got {config['learning_rate']}")
-    if not 0.0 <= config.get("validation_fraction", 0.0) < 1.0:
-        raise ValueError("validation_fraction must be in [0, 1), got "
-                         f"{config['validation_fraction']}")
-    if config["parallel"] not in ("auto", "none", "pmap", "shard"):
-        raise ValueError(f"unknown parallel mode {config['parallel']!r}; choose auto, none, pmap "
-                         "or shard (--parallel MODE)")
-    if type(config["ensemble"]) is not int or config["ensemble"] < 1:
-        raise ValueError(f"ensemble must be an integer >= 1, got {config['ensemble']!r}")
-    if config["ensemble"] > 1 and config["parallel"] == "pmap":
-        raise ValueError("an ensemble runs under jit or sharded jit, not pmap; use --parallel "
-                         "shard or --parallel none with --ensemble")
-    if config["fsdp"] and config["parallel"] in ("none", "pmap"):
-        raise ValueError("--fsdp shards parameters under sharded jit; use --parallel shard")
-    if type(config["per_device_batch_size"]) is not int or config["per_device_batch_size"] < 0:
-        raise ValueError("per_device_batch_size must be an integer >= 0, got "
-                         f"{config['per_device_batch_size']!r}")
-    scales = config["ensemble_learning_rate_scales"]
-    if scales is not None and len(scales) != config["ensemble"]:
-        raise ValueError(f"ensemble_learning_rate_scales has {len(scales)} values for "
-                         f"{config['ensemble']} members; give one per member")
-    task = jnn.data.SPECS[config["dataset"]].task
-    fitting = {"regression": "mse", "binary": "binary_cross_entropy"}.get(task, "cross_entropy")
-    if config["loss"] != fitting:
-        raise ValueError(f"dataset {config['dataset']!r} is a {task} task but loss is "
-                         f"{config['loss']!r}; use --set loss={fitting}")
+def _as_tuples(value):
+    if isinstance(value, dict):
+        return {k: _as_tuples(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+def from_dict(values: dict) -> ml_collections.ConfigDict:
+    """A config from plain values (`to_dict`'s, or JSON's with lists for tuples).
+
+    Fields start from the base defaults, or from the file named in `config_file`, which
+    is loaded first so that its model and dataset registrations exist in this process;
+    `values` then replace them field by field. Call `validate` on the result.
+    """
+    path = values.get("config_file")
+    config = load_config(path) if path else base_config()
+    with config.ignore_type():
+        for name, value in values.items():
+            config[name] = _as_tuples(value)
+    return config

@@ -1,16 +1,21 @@
-"""The training loop: config -> data -> runner (state + compiled steps) -> epochs -> summary.
+"""The training loop: config -> data -> state and compiled steps -> steps -> evaluation
+-> summary.
 
-Read top to bottom: input pipeline, reporting, loop, summary. The loop keeps the
-device busy: per-step metrics stay on the device and are fetched once per epoch; the
-only per-step host work is producing the next batch. With several processes, every
-process runs this loop on the same global batch order and feeds its own rows; only
-process 0 prints and writes files.
+Read top to bottom: input pipeline, reporting, the workdir, the loop, the summary. The
+position of a run is its step; the epoch and the batch within it are derived from it,
+so a run resumed from a checkpoint at any step goes on with the same batches and ends
+as an uninterrupted run would. Per-step metrics stay on the device and are fetched when
+the epoch ends or a checkpoint is saved; the only per-step host work is producing the
+next batch. With several processes, every process runs this loop on the same global
+batch order and feeds its own rows; only process 0 prints and writes files (orbax
+coordinates the checkpoint writes of all processes).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 from typing import Callable
@@ -20,9 +25,22 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import jnn
-from train.checkpoint import save_state
-from train.config import validate
-from train.runner import build_runner, global_batch_size
+from train import config as configs
+from train.checkpoint import CHECKPOINTS, RunCheckpoints
+from train.runner import build_runner, global_batch_size, make_schedule
+from train.signals import StopRequests
+
+
+class RunInterrupted(Exception):
+    """The run stopped on SIGINT or SIGTERM after saving; the message says how to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class NonFiniteLoss(ValueError):
+    """A step's loss was not finite; the message names the step and the fix."""
 
 
 # ----------------------------------------------------------------- input pipeline
@@ -64,16 +82,46 @@ def _report(sums: dict, dataset: jnn.data.Dataset, prefix: str) -> dict:
             out[f"{prefix}_member_accuracies"] = [float(v) for v in means["accuracy"]]
             out[f"{prefix}_accuracy"] = float(means["ensemble_accuracy"])
         out[f"{prefix}_loss"] = float(means["ensemble_loss"])
+    if "skipped" in means:
+        out[f"{prefix}_skipped_steps"] = int(round(float(np.max(sums["skipped"][0]))))
     if dataset.spec.task == "regression":  # loss is MSE of standardised targets
         out[f"{prefix}_mse"] = out[f"{prefix}_loss"] * dataset.y_std ** 2
     return out
 
 
+def _confusion_matrix(sums: dict) -> list | None:
+    """The (averaged prediction's, for an ensemble) test confusion counts as lists of ints."""
+    counts = sums.get("ensemble_confusion_matrix", sums.get("confusion_matrix"))
+    if counts is None or np.ndim(counts[0]) != 2:
+        return None
+    return np.rint(counts[0]).astype(int).tolist()
+
+
+def _sums_to_json(sums: dict | None):
+    return None if sums is None else {k: [np.asarray(v).tolist() for v in pair]
+                                      for k, pair in sums.items()}
+
+
+def _sums_from_json(value):
+    return None if value is None else {k: tuple(np.asarray(v, np.float64) for v in pair)
+                                       for k, pair in value.items()}
+
+
+def _add_sums(a: dict | None, b: dict) -> dict:
+    if a is None or not b:
+        return b or a
+    return jax.tree.map(np.add, a, b)
+
+
+# ------------------------------------------------------------------------ workdir
+OUTPUTS = ("summary.json", "metrics.jsonl", "config.json", CHECKPOINTS, "best", "tensorboard",
+           "plots", "checkpoint")
+
+
 def _keep_previous_run(workdir: str) -> str | None:
     """Moves an earlier run's outputs into workdir/previous-N/ so that nothing saved is lost;
     returns that folder (None when there was nothing to keep)."""
-    outputs = [n for n in ("summary.json", "metrics.jsonl", "checkpoint")
-               if os.path.exists(os.path.join(workdir, n))]
+    outputs = [n for n in OUTPUTS if os.path.exists(os.path.join(workdir, n))]
     if not outputs:
         return None
     n = 1
@@ -94,86 +142,303 @@ def _write_json(path: str, value) -> None:
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written file
 
 
-# --------------------------------------------------------------------------- loop
-def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = None,
-                       log: Callable[[str], None] = print) -> dict:
-    """Trains `config`, evaluates on the test split and writes workdir/summary.json.
+def _config_differences(saved: dict, config: dict) -> list[str]:
+    fields = sorted(set(saved) | set(config))
+    ignored = ("data_dir",)  # where the data lives does not change the run
+    return [f"{f} {saved.get(f)!r} -> {config.get(f)!r}" for f in fields
+            if f not in ignored and saved.get(f) != config.get(f)]
 
-    Also writes one line per epoch to workdir/metrics.jsonl. Returns the summary.
-    `progress`: show a progress bar (None: only on a terminal).
+
+def _has_checkpoints(workdir: str) -> bool:
+    folder = os.path.join(workdir, CHECKPOINTS)
+    return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
+
+
+def prepare_workdir(workdir: str, config: dict, *, restart: bool, lead: bool,
+                    log: Callable[[str], None]) -> bool:
+    """Makes `workdir` ready for `config`; returns whether a run there can be resumed.
+
+    A workdir with checkpoints of the same config resumes; of a different config it is
+    refused (ValueError naming --restart) unless `restart`, which moves the old outputs
+    into workdir/previous-N/. Outputs without checkpoints are moved aside likewise.
     """
-    validate(config)
+    saved_path = os.path.join(workdir, "config.json")
+    resumable = _has_checkpoints(workdir) and not restart
+    if resumable and os.path.exists(saved_path):
+        with open(saved_path) as f:
+            differences = _config_differences(json.load(f), config)
+        if differences:
+            raise ValueError(f"{workdir} holds a run of another config ({'; '.join(differences)}"
+                             "); run with --restart to start over there (its outputs are kept "
+                             "in previous-N/) or choose another --workdir")
+    if lead:
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            if not resumable:
+                kept = _keep_previous_run(workdir)
+                if kept:
+                    log(f"the earlier run's outputs in {workdir} moved to {kept}")
+            _write_json(saved_path, config)
+        except OSError as err:
+            raise ValueError(f"cannot write to the workdir {workdir} ({err.strerror}); choose "
+                             "another with --workdir") from None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jnn workdir ready")
+    return resumable
+
+
+def _rewrite_metrics(path: str, up_to_step: int) -> None:
+    """Keeps the records of steps <= up_to_step (a resumed run rewrites what followed)."""
+    kept = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= up_to_step:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash
+    with open(f"{path}.tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(f"{path}.tmp", path)
+
+
+class _Logs:
+    """metrics.jsonl and TensorBoard event files (process 0 only)."""
+
+    def __init__(self, workdir: str, first_step: int, enabled: bool):
+        self.enabled = enabled
+        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+        self.board = None
+        if enabled:
+            _rewrite_metrics(self.metrics_path, first_step)
+            from tensorboardX import SummaryWriter
+
+            # purge_step: TensorBoard drops events an interrupted run wrote after first_step
+            self.board = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                       purge_step=first_step + 1 if first_step else None)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                self.board.add_scalar(key, value, record["step"])
+        self.board.flush()
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+# --------------------------------------------------------------------------- loop
+def _fresh_progress(config: dict) -> dict:
+    """What a checkpoint holds besides the state: everything the loop needs to go on."""
+    return {"step": 0, "epoch_sums": None, "history": [], "best": None, "train_time_s": 0.0,
+            "examples": 0, "finished": False, "stopped_early": False, "config": config}
+
+
+def _first_nonfinite(step_metrics: list, first_step: int) -> int | None:
+    """The step whose loss is not finite first, among metrics of consecutive steps."""
+    for i, metrics in enumerate(jax.device_get(step_metrics)):
+        if not np.all(np.isfinite(np.asarray(metrics["loss"][0]))):
+            return first_step + i
+    return None
+
+
+def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = None,
+                       log: Callable[[str], None] = print, restart: bool = False) -> dict:
+    """Trains `config` in `workdir` (resuming the run there when it has checkpoints of the
+    same config), evaluates on the test split and writes workdir/summary.json.
+
+    Also writes metrics.jsonl (one line per epoch), TensorBoard events, the config,
+    checkpoints (every config["checkpoint_every_steps"] steps and at the end of each
+    epoch, the best on validation kept apart) and plots. Returns the summary.
+
+    `progress`: show a progress bar (None: only on a terminal). `restart`: start over
+    in a used workdir, moving its outputs aside.
+
+    Raises:
+      RunInterrupted: SIGINT or SIGTERM arrived; a checkpoint was saved first.
+      NonFiniteLoss: a loss was not finite (and config["skip_nonfinite"] is off); the
+        checkpoints hold only steps before it.
+      ValueError: a bad config, dataset or workdir (one line naming the fix).
+    """
+    configs.validate(config)
     lead = jax.process_index() == 0
     if not lead:
         log, progress = (lambda _: None), False
     start = time.perf_counter()
     dataset = jnn.data.load(config["dataset"], data_dir=config["data_dir"],
                             validation_fraction=config["validation_fraction"])
+    if hasattr(configs, "check_dataset"):
+        configs.check_dataset(config, dataset)
     runner = build_runner(config, dataset, make_batches(config, dataset, "train")[0])
+    schedule = make_schedule(config, dataset)
     evaluate = lambda split: runner.reduce(jnn.sum_metrics(  # noqa: E731
         runner.evaluate(b) for b in make_batches(config, dataset, split)))
 
     steps_per_epoch = jnn.data.num_batches(len(dataset.train["y"]), global_batch_size(config))
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if lead:
-        os.makedirs(workdir, exist_ok=True)
-        kept = _keep_previous_run(workdir)
-        if kept:
-            log(f"the earlier run's outputs in {workdir} moved to {kept}")
-        open(metrics_path, "w").close()
-    history, best = [], {"epoch": 0, "val_loss": float("inf")}  # epoch 0: none yet
-    bar = tqdm(total=config["epochs"] * steps_per_epoch, unit="step", leave=False,
-               disable=None if progress is None else not progress)
-    train_start = time.perf_counter()
-    epochs_run, examples = 0, 0
-    for epoch in range(config["epochs"]):
-        step_metrics = []
-        for batch in make_batches(config, dataset, "train", epoch):
-            step_metrics.append(runner.train(batch))
-            bar.update()
-        train_sums = runner.reduce(jnn.sum_metrics(step_metrics))
-        examples += int(np.max(jnn.metrics.count(train_sums)))
-        record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                  **_report(train_sums, dataset, "train")}
-        if len(dataset.validation["y"]):
-            record.update(_report(evaluate("validation"), dataset, "val"))
-        record["time_s"] = time.perf_counter() - train_start
-        history.append(record)
-        epochs_run = epoch + 1
-        if lead:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        shown = {k: v for k, v in record.items()
-                 if k.startswith(("train_", "val_")) and isinstance(v, float)}
-        bar.set_postfix({k: round(v, 4) for k, v in shown.items()})
-        log(f"epoch {epoch + 1:3d}/{config['epochs']}  " +
-            "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
-        if "val_loss" in record and record["val_loss"] < best["val_loss"]:
-            best = {"epoch": epoch + 1, "val_loss": record["val_loss"]}
-        patience = config["early_stopping_patience"]
-        if patience and epoch + 1 - best["epoch"] >= patience:
-            log(f"early stopping: no better val_loss for {patience} epochs "
-                f"(best at epoch {best['epoch']})")
-            break
-    jax.block_until_ready(runner.state)
-    train_time = time.perf_counter() - train_start
-    bar.close()
+    total_steps = config["epochs"] * steps_per_epoch
+    saved_config = configs.to_dict(config) if hasattr(configs, "to_dict") else dict(config)
+    saved_config = json.loads(json.dumps(saved_config))  # tuples as lists, as read back
+    resumable = prepare_workdir(workdir, saved_config, restart=restart, lead=lead, log=log)
 
-    # ------------------------------------------------------------------- summary
-    test = _report(evaluate("test"), dataset, "test")
+    checkpoints = None
+    if config["save_checkpoint"]:
+        checkpoints = RunCheckpoints(workdir, max_to_keep=config["max_to_keep"])
+    run = _fresh_progress(saved_config)
+    resumed_from = None
+    if checkpoints is not None and resumable:
+        restored = checkpoints.restore_latest(runner.saved_state(), log)
+        if restored is not None:
+            state, run = restored
+            runner.load_state(state)
+            resumed_from = run["step"]
+            log(f"resumed from step {resumed_from}")
+    logs = _Logs(workdir, run["step"], enabled=lead)
+    epoch_sums = _sums_from_json(run["epoch_sums"])
+    best_in_memory = None  # the best state when no checkpoints are written
+
+    def save(best: bool = False) -> None:
+        if checkpoints is not None:
+            checkpoints.save(run["step"], runner.saved_state(),
+                             {**run, "epoch_sums": _sums_to_json(epoch_sums)}, best=best)
+
+    pending = []  # per-step metrics on the device since the last flush
+
+    def flush() -> None:
+        """Adds the pending step metrics to the epoch's sums; stops on a non-finite loss."""
+        nonlocal epoch_sums
+        if not pending:
+            return
+        first = run["step"] - len(pending)
+        if not config["skip_nonfinite"]:
+            bad = _first_nonfinite(pending, first)
+            if bad is not None:
+                if checkpoints is not None:
+                    checkpoints.wait()
+                epoch, batch = divmod(bad, steps_per_epoch)
+                kept = checkpoints.latest_step() if checkpoints is not None else None
+                raise NonFiniteLoss(
+                    f"the loss of step {bad} (epoch {epoch + 1}, batch {batch}) is not finite; "
+                    + (f"the last good checkpoint is at step {kept}; " if kept is not None
+                       else "") + "lower the learning rate, add clip_norm, or --set "
+                    "skip_nonfinite=true to skip such steps")
+        epoch_sums = _add_sums(epoch_sums, jnn.sum_metrics(pending))
+        pending.clear()
+
+    bar = tqdm(total=total_steps, initial=run["step"], unit="step", leave=False,
+               disable=None if progress is None else not progress)
+    every = config["checkpoint_every_steps"]
+    time_to_first_step = None
+    segment_start = time.perf_counter()
+    try:
+        with StopRequests() as stop:
+            while run["step"] < total_steps and not (run["finished"] or run["stopped_early"]):
+                epoch, index = divmod(run["step"], steps_per_epoch)
+                for batch in make_batches(config, dataset, "train", epoch)[index:]:
+                    pending.append(runner.train(batch))
+                    run["step"] += 1
+                    bar.update()
+                    if time_to_first_step is None:
+                        jax.block_until_ready(pending[-1])
+                        time_to_first_step = time.perf_counter() - start
+                    at_epoch_end = run["step"] % steps_per_epoch == 0
+                    if every and run["step"] % every == 0 and not at_epoch_end:
+                        flush()
+                        save()
+                    if stop.requested(run["step"]) and not at_epoch_end:
+                        flush()
+                        run["train_time_s"] += time.perf_counter() - segment_start
+                        save()
+                        raise RunInterrupted(stop.message(run["step"], checkpoints is not None),
+                                             stop.signum)
+
+                # ----------------------------------------------------------- epoch end
+                flush()
+                train_sums = runner.reduce(epoch_sums)
+                epoch_sums = None
+                run["examples"] += int(np.max(jnn.metrics.count(train_sums)))
+                record = {"epoch": epoch + 1, "step": run["step"],
+                          **_report(train_sums, dataset, "train"),
+                          "learning_rate": float(schedule(run["step"] - 1))}
+                if len(dataset.validation["y"]):
+                    record.update(_report(evaluate("validation"), dataset, "val"))
+                run["train_time_s"] += time.perf_counter() - segment_start
+                segment_start = time.perf_counter()
+                record["time_s"] = run["train_time_s"]
+                run["history"].append(record)
+                logs.write(record)
+                shown = {k: v for k, v in record.items()
+                         if k.startswith(("train_", "val_")) and isinstance(v, float)}
+                bar.set_postfix({k: round(v, 4) for k, v in shown.items()})
+                log(f"epoch {epoch + 1:3d}/{config['epochs']}  " +
+                    "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+
+                improved = math.isfinite(record.get("val_loss", math.nan)) and (
+                    run["best"] is None or record["val_loss"] < run["best"]["val_loss"]
+                    - config["early_stopping_min_delta"])
+                if improved:
+                    run["best"] = {"epoch": epoch + 1, "step": run["step"],
+                                   "val_loss": record["val_loss"]}
+                    if checkpoints is None and config["early_stopping_patience"]:
+                        best_in_memory = jax.device_get(runner.saved_state())
+                patience = config["early_stopping_patience"]
+                best_epoch = run["best"]["epoch"] if run["best"] else 0  # 0: none yet
+                if patience and epoch + 1 - best_epoch >= patience:
+                    log(f"early stopping: no better val_loss (by more than "
+                        f"{config['early_stopping_min_delta']}) for {patience} epochs (best at "
+                        f"epoch {best_epoch})")
+                    run["stopped_early"] = True
+                run["finished"] = run["step"] >= total_steps or run["stopped_early"]
+                save(best=improved)
+                if stop.requested(run["step"]) and not run["finished"]:
+                    raise RunInterrupted(stop.message(run["step"], checkpoints is not None),
+                                         stop.signum)
+
+    finally:
+        bar.close()
+        logs.close()
+        if checkpoints is not None:
+            checkpoints.wait()
+
+    # ------------------------------------------------ best parameters, test, summary
+    restored_best = None
+    if config["early_stopping_patience"] and run["best"] and run["best"]["step"] != run["step"]:
+        like = runner.saved_state()
+        if checkpoints is not None:
+            checkpoints.wait()
+            best_state = checkpoints.restore_best(like)[0]
+        else:
+            best_state = jax.device_put(best_in_memory, jax.tree.map(lambda x: x.sharding, like))
+        runner.load_state(best_state)
+        restored_best = run["best"]
+        log(f"restored the best parameters: epoch {run['best']['epoch']}, step "
+            f"{run['best']['step']}, val_loss {run['best']['val_loss']:.4f}")
+    test_sums = evaluate("test")
+    test = _report(test_sums, dataset, "test")
     checkpoint = None
-    if config["save_checkpoint"]:  # every process takes part; orbax writes one checkpoint
-        checkpoint = save_state(os.path.join(workdir, "checkpoint"), runner.saved_state())
-    step = np.asarray(jax.device_get(runner.state.step)).reshape(-1)[0]
+    if checkpoints is not None:
+        checkpoints.wait()
+        checkpoint = os.path.join(checkpoints.directory, str(checkpoints.latest_step()), "state")
+    if checkpoints is not None:
+        checkpoints.close()
     summary = {
-        "config": config,
+        "config": saved_config,
         **test,
-        "epochs": epochs_run,
-        "steps": int(step),
-        "train_time_s": train_time,
+        "epochs": len(run["history"]),
+        "steps": run["step"],
+        "resumed_from_step": resumed_from,
+        "train_time_s": run["train_time_s"],
+        "time_to_first_step_s": time_to_first_step,
         "compile_time_s": sum(runner.timings.values()),
         "compile_breakdown_s": runner.timings,
-        "examples_per_s": examples / train_time,
+        "examples_per_s": run["examples"] / max(run["train_time_s"], 1e-9),
         "wall_time_s": time.perf_counter() - start,
         "parallel": runner.mode,
         "global_batch_size": global_batch_size(config),
@@ -183,13 +448,28 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
         "jax_version": jax.__version__,
         "jnn_version": jnn.__version__,
         "checkpoint": checkpoint,
-        "best_val": best if best["epoch"] > 0 else None,
-        "history": history,
+        "best_val": run["best"],
+        "restored_best": restored_best,
+        "history": run["history"],
     }
+    confusion = _confusion_matrix(test_sums)
+    if confusion is not None:
+        summary["test_confusion_matrix"] = confusion
     if dataset.spec.task == "regression":
         # the baseline the model must beat: predict the training mean for every test example
         summary["test_mse_of_train_mean"] = float(
             np.mean((dataset.test["y"].astype(np.float64) - dataset.y_mean) ** 2))
     if lead:
         _write_json(os.path.join(workdir, "summary.json"), summary)
+        _plot(workdir, log)
     return summary
+
+
+def _plot(workdir: str, log: Callable[[str], None]) -> None:
+    """The run's PNG plots; a plotting failure is reported, never fatal to a finished run."""
+    try:
+        from train import plots
+
+        plots.plot_run(workdir)
+    except (ImportError, ValueError, OSError) as err:
+        log(f"no plots: {' '.join(str(err).split())}")

@@ -28,15 +28,19 @@ def make_model(config: dict, dataset: jnn.data.Dataset, axis_name: str | None = 
     return jnn.models.get(config["model"], num_outputs=dataset.num_outputs, **kwargs)
 
 
+def make_schedule(config: dict, dataset: jnn.data.Dataset):
+    """The config's learning rate as a function of the step."""
+    steps_per_epoch = jnn.data.num_batches(len(dataset.train["y"]), global_batch_size(config))
+    return jnn.make_schedule(config["schedule"], config["learning_rate"],
+                             steps_per_epoch=steps_per_epoch, epochs=config["epochs"],
+                             **config["schedule_kwargs"])
+
+
 def make_tx(config: dict, dataset: jnn.data.Dataset):
     """The config's optimizer with its learning-rate schedule."""
-    batch_size = global_batch_size(config)
-    steps_per_epoch = jnn.data.num_batches(len(dataset.train["y"]), batch_size)
-    schedule = jnn.make_schedule(config["schedule"], config["learning_rate"],
-                                 steps_per_epoch=steps_per_epoch, epochs=config["epochs"],
-                                 **config["schedule_kwargs"])
-    return jnn.make_optimizer(config["optimizer"], schedule, momentum=config["momentum"],
-                              weight_decay=config["weight_decay"], clip_norm=config["clip_norm"])
+    return jnn.make_optimizer(config["optimizer"], make_schedule(config, dataset),
+                              momentum=config["momentum"], weight_decay=config["weight_decay"],
+                              clip_norm=config["clip_norm"])
 
 
 def make_state(config: dict, dataset: jnn.data.Dataset, axis_name: str | None = None,
@@ -98,27 +102,42 @@ class Runner:
             return jax.tree.map(lambda x: x[0], self.state)
         return self.state
 
+    def load_state(self, saved) -> None:
+        """Continues from a checkpointed state (restored with saved_state()'s layout)."""
+        self.state = parallel.replicate(saved) if self.mode == "pmap" else saved
 
-def make_objective(config: dict):
-    """The config's objective (loss name with its label smoothing)."""
+
+MAX_CONFUSION_CLASSES = 100  # evaluation counts a confusion matrix up to this many classes
+
+
+def make_objective(config: dict, *, evaluation: bool = False, num_classes: int = 0):
+    """The config's objective (loss name with its label smoothing); for evaluation of a
+    classification task it also counts the confusion matrix."""
     options = {"label_smoothing": config["label_smoothing"]} if config["label_smoothing"] else {}
+    if evaluation and config["loss"] == "cross_entropy" and num_classes <= MAX_CONFUSION_CLASSES:
+        options["confusion_matrix"] = True
     return jnn.objectives.get(config["loss"], **options)
 
 
-def _steps(config: dict, axis_name: str | None = None):
+def _steps(config: dict, dataset: jnn.data.Dataset, axis_name: str | None = None):
     objective, penalties = make_objective(config), dict(l1=config["l1"], l2=config["l2"])
+    eval_objective = make_objective(config, evaluation=True, num_classes=dataset.num_outputs)
     if config["dp_clip_norm"] is not None:
+        if config["skip_nonfinite"]:
+            raise ValueError("skip_nonfinite is not available with DP-SGD (dp_clip_norm); "
+                             "use --set skip_nonfinite=false")
         train_step = jnn.dp_sgd.make_dp_train_step(
             objective, clip_norm=config["dp_clip_norm"],
             noise_multiplier=config["dp_noise_multiplier"], **penalties)
     else:
         train_step = jnn.make_train_step(objective, axis_name=axis_name,
                                          microbatches=config["microbatches"],
-                                         compute_dtype=config["compute_dtype"], **penalties)
+                                         compute_dtype=config["compute_dtype"],
+                                         skip_nonfinite=config["skip_nonfinite"], **penalties)
     if config["ensemble"] > 1:
         return (jnn.ensemble.ensemble_step(train_step),
-                jnn.ensemble.make_ensemble_eval_step(objective))
-    return train_step, jnn.make_eval_step(objective, axis_name=axis_name,
+                jnn.ensemble.make_ensemble_eval_step(eval_objective))
+    return train_step, jnn.make_eval_step(eval_objective, axis_name=axis_name,
                                           compute_dtype=config["compute_dtype"])
 
 
@@ -140,14 +159,14 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
     identity = lambda sums: sums  # noqa: E731
     if mode == "none":
         state = make_state(config, dataset)
-        train_fn, eval_fn = _steps(config)
+        train_fn, eval_fn = _steps(config, dataset)
         train_jit, eval_jit = jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn)
         place, reduce, devices = (lambda b: b), identity, 1
     elif mode == "shard":
         configs.check_batch_divides(batch_size, jax.device_count())
         mesh = parallel.make_mesh()
         state = make_state(config, dataset, mesh=mesh)
-        train_fn, eval_fn = _steps(config)
+        train_fn, eval_fn = _steps(config, dataset)
         train_jit = parallel.jit_sharded(train_fn, state, mesh, fsdp=config["fsdp"])
         eval_jit = parallel.jit_sharded(eval_fn, state, mesh, fsdp=config["fsdp"], donate=False)
         place = lambda b: parallel.shard_batch(parallel.process_slice(b), mesh)  # noqa: E731
@@ -155,7 +174,7 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
     elif mode == "pmap":
         configs.check_batch_divides(batch_size, jax.device_count())
         state = parallel.replicate(make_state(config, dataset, axis_name=parallel.PMAP_AXIS))
-        train_fn, eval_fn = _steps(config, axis_name=parallel.PMAP_AXIS)
+        train_fn, eval_fn = _steps(config, dataset, axis_name=parallel.PMAP_AXIS)
         train_jit = parallel.pmap_train_step(train_fn)
         eval_jit = parallel.pmap_eval_step(eval_fn)
         place = lambda b: parallel.split_batch(parallel.process_slice(b))  # noqa: E731

@@ -7,13 +7,21 @@ The step takes about 90 ms per batch of 128 on 2 CPU cores, so an epoch of 313 s
 takes about 30 s.
 """
 
+import ml_collections
+
 from train.configs.base import base_config
 
 
-def get_config() -> dict:
+def get_config() -> ml_collections.ConfigDict:
     config = base_config()
-    config.update(dataset="cifar10", model="cifar_cnn", optimizer="momentum",
-                  learning_rate=1e-3, momentum=0.9, schedule="step",
-                  schedule_kwargs={"step_epochs": 7, "gamma": 0.7}, augment=True,
-                  batch_size=128, epochs=30)
+    config.dataset = "cifar10"
+    config.augment = True
+    config.model = "cifar_cnn"
+    config.optimizer = "momentum"
+    config.learning_rate = 1e-3
+    config.momentum = 0.9
+    config.schedule = "step"
+    config.schedule_kwargs = dict(step_epochs=7, gamma=0.7)
+    config.batch_size = 128
+    config.epochs = 30
     return config

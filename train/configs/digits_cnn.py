@@ -7,11 +7,18 @@ training on 2 CPU cores, about 15 s wall time with start-up and compile. Label
 smoothing 0.1 is what takes the 360-image test split from 97.8-99.2% to 98.9-100%.
 """
 
+import ml_collections
+
 from train.configs.base import base_config
 
 
-def get_config() -> dict:
+def get_config() -> ml_collections.ConfigDict:
     config = base_config()
-    config.update(dataset="digits", model="cnn", optimizer="adam", learning_rate=2e-3,
-                  batch_size=32, epochs=30, label_smoothing=0.1)
+    config.dataset = "digits"
+    config.model = "cnn"
+    config.label_smoothing = 0.1
+    config.optimizer = "adam"
+    config.learning_rate = 2e-3
+    config.batch_size = 32
+    config.epochs = 30
     return config
