@@ -14,6 +14,16 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# Day to day, most of a test's time is XLA compiling its small programs: keep them in
+# jax's persistent compilation cache between runs (a clean clone, as in CI, starts
+# empty). JNN_TEST_COMPILATION_CACHE=0 turns it off.
+if os.environ.get("JNN_TEST_COMPILATION_CACHE", "1") != "0":
+    jax.config.update("jax_compilation_cache_dir", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache",
+        "jax-compilation-cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
 
 @pytest.fixture(scope="session")
 def digits():
@@ -28,7 +38,8 @@ def rng():
 
 
 class CompileCounter:
-    """Counts XLA compilations (backend compiles) while `counting` is True."""
+    """Counts the programs jax compiles while `counting` is True (the backend-compile
+    event, which jax also records for a load from the persistent compilation cache)."""
 
     def __init__(self):
         self.count = 0

@@ -234,6 +234,10 @@ def main(argv=None) -> int:
     except RunInterrupted as stopped:
         print(str(stopped), file=sys.stderr)
         return 128 + stopped.signum
+    except KeyboardInterrupt:  # before the loop took over the signal, or a second Ctrl-C
+        print("interrupted; checkpoints already saved are intact, and running the same "
+              "command again resumes from the last one", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError) as err:  # jnn.data.DatasetUnavailableError included
         if show_traceback and not isinstance(err, UsageError):
             raise
