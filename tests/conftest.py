@@ -43,12 +43,14 @@ class CompileCounter:
 
     def __init__(self):
         self.count = 0
+        self.names = []  # the compiled functions' names, in order
         self.counting = False
         jax.monitoring.register_event_duration_secs_listener(self._on_event)
 
-    def _on_event(self, name, *args, **kwargs):
+    def _on_event(self, name, *args, fun_name=None, **kwargs):
         if self.counting and name == "/jax/core/compile/backend_compile_duration":
             self.count += 1
+            self.names.append(fun_name)
 
 
 _COUNTER = None
@@ -59,7 +61,7 @@ def compile_counter():
     global _COUNTER
     if _COUNTER is None:
         _COUNTER = CompileCounter()
-    _COUNTER.count, _COUNTER.counting = 0, False
+    _COUNTER.count, _COUNTER.names, _COUNTER.counting = 0, [], False
     yield _COUNTER
     _COUNTER.counting = False
 

@@ -152,3 +152,23 @@ def test_a_config_file_with_its_own_model_and_arrays_trains(tmp_path):
     assert summary["config"]["dataset"] == "spirals" and summary["epochs"] == 1
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert "test accuracy" in result.stdout
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--distributed"], ((), {})),  # jax.distributed detects SLURM, Cloud TPU, ... itself
+    (["--coordinator", "10.0.0.1:1234", "--num-processes", "4", "--process-id", "2"],
+     (("10.0.0.1:1234",), {"num_processes": 4, "process_id": 2})),
+    ([], None),
+])
+def test_distributed_flags_reach_jax_distributed_initialize(monkeypatch, flags, expected):
+    import jax
+
+    from train.__main__ import _initialize_distributed, _train_parser
+
+    calls, settings = [], []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(jax.config, "update", lambda *a: settings.append(a))
+    _initialize_distributed(_train_parser().parse_args(flags))
+    assert calls == ([] if expected is None else [expected])
+    assert settings == ([] if expected is None else
+                        [("jax_cpu_collectives_implementation", "gloo")])
