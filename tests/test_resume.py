@@ -197,16 +197,19 @@ def test_early_stopping_restores_the_best_parameters(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(loop, "_report", scripted_report)
-    config = _config(epochs=5, early_stopping_patience=2)
+    config = _config(epochs=5, early_stopping_patience=2, max_to_keep=2)
     summary, lines = _run(config, tmp_path)
     steps_per_epoch = summary["history"][0]["step"]
     assert summary["epochs"] == 4 and summary["steps"] == 4 * steps_per_epoch
     assert summary["restored_best"] == {"epoch": 2, "step": 2 * steps_per_epoch, "val_loss": 1.0}
     assert any(line.startswith("restored the best parameters: epoch 2") for line in lines)
-    # the test metrics are those of the epoch-2 parameters, saved in best/
+    # the test metrics are those of the epoch-2 parameters, whose checkpoint is kept
+    # although it is older than the latest max_to_keep
     like = runner_lib.make_state(config, jnn.data.load("digits"))
-    checkpoints = RunCheckpoints(str(tmp_path), max_to_keep=3)
-    best_state, progress = checkpoints.restore_best(like)
+    checkpoints = RunCheckpoints(str(tmp_path), max_to_keep=2)
+    kept = checkpoints.steps()
+    assert len(kept) == 3 and kept[0] == 2 * steps_per_epoch and kept[-1] == summary["steps"]
+    best_state, progress = checkpoints.restore(2 * steps_per_epoch, like)
     checkpoints.close()
     assert int(best_state.step) == 2 * steps_per_epoch and progress["best"]["epoch"] == 2
     eval_step = jax.jit(jnn.make_eval_step())
@@ -217,8 +220,7 @@ def test_early_stopping_restores_the_best_parameters(tmp_path, monkeypatch):
 
 def test_a_finished_workdir_holds_every_output(tmp_path):
     summary, _ = _run(_config(epochs=2), tmp_path)
-    for name in ("summary.json", "metrics.jsonl", "config.json", "checkpoints", "best",
-                 "tensorboard", "plots/curves.png", "plots/learning_rate.png",
+    for name in ("summary.json", "metrics.jsonl", "config.json", "checkpoints", "tensorboard", "plots/curves.png", "plots/learning_rate.png",
                  "plots/confusion_matrix.png"):
         assert (tmp_path / name).exists(), name
     matrix = np.array(summary["test_confusion_matrix"])

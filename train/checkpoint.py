@@ -1,14 +1,16 @@
-"""A run's checkpoints: orbax CheckpointManagers over WORKDIR/checkpoints (the latest
-`max_to_keep`) and WORKDIR/best (the best on validation).
+"""A run's checkpoints: one orbax CheckpointManager over WORKDIR/checkpoints that keeps
+the latest `max_to_keep` checkpoints and, besides them, the best on validation.
 
 Each checkpoint holds two items: "state", the train state's arrays (params, optimizer
 and model state, step, RNG, loss scale), and "progress", a JSON dict of everything else
 the loop needs to go on exactly where it stopped (early-stopping state, the partial
-sums of the epoch, the history, the config). Saves are asynchronous where orbax offers
-it; orbax writes to a temporary folder and renames it when complete, so a process
-killed in the middle of a save leaves the previous checkpoints as they were. A
-checkpoint that cannot be read is reported in one line and the one before it is used.
-Every process calls every method (orbax coordinates the writes).
+sums of the epoch, the history, the config). A checkpoint saved as the best carries the
+metric {"best_step": step}; orbax's preservation policy keeps the newest of those (the
+latest improvement) however old it is. Saves are asynchronous where orbax offers it;
+orbax writes to a temporary folder and renames it when complete, so a process killed
+in the middle of a save leaves the previous checkpoints as they were. A checkpoint that
+cannot be read is reported in one line and the one before it is used. Every process
+calls every method (orbax coordinates the writes).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import orbax.checkpoint as ocp
 
 from jnn.state import array_fields
 
-CHECKPOINTS, BEST = "checkpoints", "best"
+CHECKPOINTS = "checkpoints"
 
 
 class CheckpointError(ValueError):
@@ -37,29 +39,33 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str, *, max_to_keep: int, asynchronous: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
-        options = lambda keep: ocp.CheckpointManagerOptions(  # noqa: E731
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+        policies = ocp.checkpoint_managers
+        keep = policies.AnyPreservationPolicy([
+            policies.LatestN(n=max_to_keep),
+            policies.BestN(get_metric_fn=lambda metrics: metrics["best_step"], n=1,
+                           keep_checkpoints_without_metrics=False)])
+        options = ocp.CheckpointManagerOptions(
+            create=True, cleanup_tmp_directories=True, preservation_policy=keep,
             enable_async_checkpointing=asynchronous)
-        items = ("state", "progress")
-        self._latest = ocp.CheckpointManager(self.directory, options=options(max_to_keep),
-                                             item_names=items)
-        self._best = ocp.CheckpointManager(os.path.join(workdir, BEST), options=options(1),
-                                           item_names=items)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("state", "progress"))
 
     def save(self, step: int, state, progress: dict, *, best: bool = False) -> None:
-        """Saves at `step` (replacing a checkpoint of the same step); `best` also keeps it
-        as the best one. Returns before the write ends when saving asynchronously."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(array_fields(state)),
-                                  progress=ocp.args.JsonSave(progress))
-        managers = (self._latest, self._best) if best else (self._latest,)
-        for manager in managers:
-            if step in manager.all_steps():
-                manager.wait_until_finished()
-                manager.delete(step)
-            manager.save(step, args=args, force=True)
+        """Saves at `step` (replacing a checkpoint of the same step); `best` keeps it as
+        the best one too. Returns before the write ends when saving asynchronously."""
+        if step in self._manager.all_steps():
+            self._manager.wait_until_finished()
+            self._manager.delete(step)
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(array_fields(state)),
+            progress=ocp.args.JsonSave(progress)),
+            metrics={"best_step": step} if best else None, force=True)
 
     def latest_step(self) -> int | None:
-        return self._latest.latest_step()
+        return self._manager.latest_step()
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
 
     def restore_latest(self, like, log: Callable[[str], None]):
         """(state, progress) of the newest readable checkpoint, None when there is none.
@@ -68,10 +74,10 @@ class RunCheckpoints:
         structure, shapes and shardings. A damaged checkpoint is reported through `log`
         and skipped; if none can be read, raises CheckpointError.
         """
-        steps = sorted(self._latest.all_steps(), reverse=True)
+        steps = sorted(self._manager.all_steps(), reverse=True)
         for step in steps:
             try:
-                return self._restore(self._latest, step, like)
+                return self._restore(step, like)
             except Exception as err:  # noqa: BLE001 - any failure to read means damaged
                 reason = " ".join(str(err).split())[:200]
                 log(f"checkpoint at step {step} in {self.directory} cannot be read ({reason}); "
@@ -81,25 +87,25 @@ class RunCheckpoints:
                                   "with --restart (the old outputs are kept aside)")
         return None
 
-    def restore_best(self, like):
-        """(state, progress) of the best checkpoint, None when there is none."""
-        step = self._best.latest_step()
-        return None if step is None else self._restore(self._best, step, like)
+    def restore(self, step: int, like):
+        """(state, progress) saved at `step` (e.g. the best one, whose step the progress
+        records as progress["best"]["step"])."""
+        if step not in self._manager.all_steps():
+            raise CheckpointError(f"no checkpoint of step {step} in {self.directory}; train "
+                                  "again with --restart")
+        return self._restore(step, like)
 
-    @staticmethod
-    def _restore(manager, step: int, like):
-        restored = manager.restore(step, args=ocp.args.Composite(
+    def _restore(self, step: int, like):
+        restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(like)), progress=ocp.args.JsonRestore()))
         return like.replace(**restored["state"]), dict(restored["progress"])
 
     def wait(self) -> None:
         """Blocks until every asynchronous save is on disk."""
-        self._latest.wait_until_finished()
-        self._best.wait_until_finished()
+        self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._latest.close()
-        self._best.close()
+        self._manager.close()
 
 
 def save_state(path: str, state) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 import jnn
 from train import config as configs
-from train.checkpoint import BEST, CHECKPOINTS, RunCheckpoints
+from train.checkpoint import CHECKPOINTS, RunCheckpoints
 from train.export import export_predictor
 from train.runner import make_state
 
@@ -45,17 +45,14 @@ def _trained_state(config, dataset, workdir: str, summary: dict):
     like = make_state(config, dataset)
     checkpoints = RunCheckpoints(workdir, max_to_keep=config["max_to_keep"])
     try:
-        if summary.get("restored_best"):
-            restored = checkpoints.restore_best(like)
-            where = BEST
-        else:
-            restored = checkpoints.restore_latest(like, log=lambda _: None)
-            where = CHECKPOINTS
+        best = summary.get("restored_best")
+        restored = (checkpoints.restore(best["step"], like) if best else
+                    checkpoints.restore_latest(like, log=lambda _: None))
     finally:
         checkpoints.close()
     if restored is None:
-        raise ValueError(f"{os.path.join(workdir, where)} holds no checkpoint (was the run "
-                         "trained with save_checkpoint=false?); train again with --restart")
+        raise ValueError(f"{os.path.join(workdir, CHECKPOINTS)} holds no checkpoint (was the "
+                         "run trained with save_checkpoint=false?); train again with --restart")
     return restored[0]
 
 

@@ -114,8 +114,8 @@ def _add_sums(a: dict | None, b: dict) -> dict:
 
 
 # ------------------------------------------------------------------------ workdir
-OUTPUTS = ("summary.json", "metrics.jsonl", "config.json", CHECKPOINTS, "best", "tensorboard",
-           "plots", "checkpoint")
+OUTPUTS = ("summary.json", "metrics.jsonl", "config.json", CHECKPOINTS, "tensorboard", "plots",
+           "export")
 
 
 def _keep_previous_run(workdir: str) -> str | None:
@@ -257,7 +257,7 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
 
     Also writes metrics.jsonl (one line per epoch), TensorBoard events, the config,
     checkpoints (every config["checkpoint_every_steps"] steps and at the end of each
-    epoch, the best on validation kept apart) and plots. Returns the summary.
+    epoch, the best on validation kept too) and plots. Returns the summary.
 
     `progress`: show a progress bar (None: only on a terminal). `restart`: start over
     in a used workdir, moving its outputs aside.
@@ -413,7 +413,7 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
         like = runner.saved_state()
         if checkpoints is not None:
             checkpoints.wait()
-            best_state = checkpoints.restore_best(like)[0]
+            best_state = checkpoints.restore(run["best"]["step"], like)[0]
         else:
             best_state = jax.device_put(best_in_memory, jax.tree.map(lambda x: x.sharding, like))
         runner.load_state(best_state)
