@@ -251,3 +251,23 @@ def test_input_that_is_not_a_npy_array(conv_export, tmp_path, kind):
             np.savez(f, x=_pixels(1))
     _assert_one_line_error(lambda: predict_file(conv_export[0], str(path)),
                            "not a .npy array", "numpy.save")
+
+
+@pytest.mark.slow  # trains a run first
+def test_an_exported_run_predicts_what_the_run_tested(tmp_path):
+    import jnn
+    from train import config as configs
+    from train.deploy import export_run
+    from train.loop import train_and_evaluate
+
+    config = configs.get_config("digits_mlp")
+    config.update({"epochs": 1, "parallel": "none"})
+    summary = train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
+    predictor = load_predictor(export_run(str(tmp_path)))
+    test = jnn.data.load("digits").test
+    for n in (1, len(test["y"])):  # raw inputs, as the dataset stores them
+        probabilities = predictor(test["x"][:n])
+        assert probabilities.shape == (n, 10)
+        np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+    hits = predictor(test["x"]).argmax(-1) == test["y"]
+    assert hits.mean() == pytest.approx(summary["test_accuracy"])
