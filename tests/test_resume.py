@@ -240,3 +240,37 @@ def test_an_unwritable_workdir_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="cannot write to the workdir") as refused:
         _run(_config(epochs=1), blocker / "run")
     assert "\n" not in str(refused.value)
+
+
+def test_non_finite_parameters_after_a_finite_loss_are_never_saved(tmp_path, monkeypatch):
+    # A gradient that overflows shows in the parameters before any loss: the save after
+    # the step refuses them, and the message names the step and the checkpoint before it.
+    build = runner_lib.build_runner
+
+    def build_with_overflow(*args, **kwargs):
+        runner = build(*args, **kwargs)
+        train, calls = runner.train, [0]
+
+        def overflowing(batch):
+            metrics = train(batch)
+            calls[0] += 1
+            if calls[0] == 10:  # after step 9, whose loss was finite
+                runner.state = runner.state.replace(params=jax.tree.map(
+                    lambda p: p * np.inf, runner.state.params))
+            return metrics
+
+        runner.train = overflowing
+        return runner
+
+    monkeypatch.setattr(loop, "build_runner", build_with_overflow)
+    with pytest.raises(loop.NonFiniteLoss, match="parameters are not finite after step 9 .*"
+                       "the last good checkpoint is at step 5;"):
+        _run(_config(epochs=1), tmp_path)
+    assert RunCheckpoints(str(tmp_path), max_to_keep=3).steps() == [5]
+
+
+def test_a_checkpoint_of_another_config_is_refused_even_without_config_json(tmp_path):
+    _run(_config(epochs=1), tmp_path)
+    os.remove(tmp_path / "config.json")
+    with pytest.raises(ValueError, match="another config .learning_rate 0.05 -> 0.1."):
+        _run(_config(epochs=1, learning_rate=0.1), tmp_path)

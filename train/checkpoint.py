@@ -105,7 +105,11 @@ class RunCheckpoints:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.close()
+        """Waits for the saves under way and releases the manager (twice is harmless)."""
+        if self._manager is not None:
+            self._manager.wait_until_finished()
+            self._manager.close()
+            self._manager = None
 
 
 def save_state(path: str, state) -> str:

@@ -149,6 +149,12 @@ def _config_differences(saved: dict, config: dict) -> list[str]:
             if f not in ignored and saved.get(f) != config.get(f)]
 
 
+def _another_config(workdir: str, differences: list[str]) -> ValueError:
+    return ValueError(f"{workdir} holds a run of another config ({'; '.join(differences)}); run "
+                      "with --restart to start over there (its outputs are kept in previous-N/) "
+                      "or choose another --workdir")
+
+
 def _has_checkpoints(workdir: str) -> bool:
     folder = os.path.join(workdir, CHECKPOINTS)
     return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
@@ -168,9 +174,8 @@ def prepare_workdir(workdir: str, config: dict, *, restart: bool, lead: bool,
         with open(saved_path) as f:
             differences = _config_differences(json.load(f), config)
         if differences:
-            raise ValueError(f"{workdir} holds a run of another config ({'; '.join(differences)}"
-                             "); run with --restart to start over there (its outputs are kept "
-                             "in previous-N/) or choose another --workdir")
+            raise _another_config(workdir, differences)
+    failure = None
     if lead:
         try:
             os.makedirs(workdir, exist_ok=True)
@@ -180,12 +185,15 @@ def prepare_workdir(workdir: str, config: dict, *, restart: bool, lead: bool,
                     log(f"the earlier run's outputs in {workdir} moved to {kept}")
             _write_json(saved_path, config)
         except OSError as err:
-            raise ValueError(f"cannot write to the workdir {workdir} ({err.strerror}); choose "
-                             "another with --workdir") from None
-    if jax.process_count() > 1:
+            failure = err.strerror or str(err)
+    failed = bool(failure)
+    if jax.process_count() > 1:  # every process learns whether process 0 could write
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices("jnn workdir ready")
+        failed = bool(np.max(multihost_utils.process_allgather(np.int32(failed))))
+    if failed:
+        raise ValueError(f"cannot write to the workdir {workdir} ({failure or 'on process 0'}); "
+                         "choose another with --workdir")
     return resumable
 
 
@@ -242,6 +250,19 @@ def _fresh_progress(config: dict) -> dict:
             "examples": 0, "finished": False, "stopped_early": False, "config": config}
 
 
+_NONFINITE_FIX = ("lower the learning rate, add clip_norm, or --set skip_nonfinite=true to "
+                  "skip such steps")
+
+
+def _last_good(checkpoints, before_step: int) -> str:
+    """'the last good checkpoint is at step S; ' for the newest checkpoint before a step."""
+    if checkpoints is None:
+        return ""
+    checkpoints.wait()
+    good = [s for s in checkpoints.steps() if s < before_step]
+    return f"the last good checkpoint is at step {good[-1]}; " if good else ""
+
+
 def _first_nonfinite(step_metrics: list, first_step: int) -> int | None:
     """The step whose loss is not finite first, among metrics of consecutive steps."""
     for i, metrics in enumerate(jax.device_get(step_metrics)):
@@ -268,6 +289,15 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
         checkpoints hold only steps before it.
       ValueError: a bad config, dataset or workdir (one line naming the fix).
     """
+    opened = []  # the run's checkpoint manager, closed whatever happens
+    try:
+        return _train_and_evaluate(config, workdir, progress, log, restart, opened)
+    finally:
+        for checkpoints in opened:
+            checkpoints.close()
+
+
+def _train_and_evaluate(config, workdir, progress, log, restart, opened: list) -> dict:
     configs.validate(config)
     lead = jax.process_index() == 0
     if not lead:
@@ -291,12 +321,16 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
     checkpoints = None
     if config["save_checkpoint"]:
         checkpoints = RunCheckpoints(workdir, max_to_keep=config["max_to_keep"])
+        opened.append(checkpoints)
     run = _fresh_progress(saved_config)
     resumed_from = None
     if checkpoints is not None and resumable:
         restored = checkpoints.restore_latest(runner.saved_state(), log)
         if restored is not None:
             state, run = restored
+            differences = _config_differences(run["config"], saved_config)
+            if differences:
+                raise _another_config(workdir, differences)
             runner.load_state(state)
             resumed_from = run["step"]
             log(f"resumed from step {resumed_from}")
@@ -304,10 +338,26 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
     epoch_sums = _sums_from_json(run["epoch_sums"])
     best_in_memory = None  # the best state when no checkpoints are written
 
+    clock = {"since": time.perf_counter()}
+
+    def add_train_time() -> None:
+        now = time.perf_counter()
+        run["train_time_s"] += now - clock["since"]
+        clock["since"] = now
+
     def save(best: bool = False) -> None:
-        if checkpoints is not None:
-            checkpoints.save(run["step"], runner.saved_state(),
-                             {**run, "epoch_sums": _sums_to_json(epoch_sums)}, best=best)
+        """Checkpoints the state after run["step"] steps (after a flush)."""
+        add_train_time()
+        if checkpoints is None:
+            return
+        state = runner.saved_state()
+        if not config["skip_nonfinite"] and not bool(jnn.precision.all_finite(state.params)):
+            raise NonFiniteLoss(
+                f"the parameters are not finite after step {run['step'] - 1} although every "
+                "loss so far was (a gradient overflowed); "
+                + _last_good(checkpoints, run["step"]) + _NONFINITE_FIX)
+        checkpoints.save(run["step"], state, {**run, "epoch_sums": _sums_to_json(epoch_sums)},
+                         best=best)
 
     pending = []  # per-step metrics on the device since the last flush
 
@@ -323,12 +373,9 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
                 if checkpoints is not None:
                     checkpoints.wait()
                 epoch, batch = divmod(bad, steps_per_epoch)
-                kept = checkpoints.latest_step() if checkpoints is not None else None
                 raise NonFiniteLoss(
                     f"the loss of step {bad} (epoch {epoch + 1}, batch {batch}) is not finite; "
-                    + (f"the last good checkpoint is at step {kept}; " if kept is not None
-                       else "") + "lower the learning rate, add clip_norm, or --set "
-                    "skip_nonfinite=true to skip such steps")
+                    + _last_good(checkpoints, bad + 1) + _NONFINITE_FIX)
         epoch_sums = _add_sums(epoch_sums, jnn.sum_metrics(pending))
         pending.clear()
 
@@ -336,7 +383,6 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
                disable=None if progress is None else not progress)
     every = config["checkpoint_every_steps"]
     time_to_first_step = None
-    segment_start = time.perf_counter()
     try:
         with StopRequests() as stop:
             while run["step"] < total_steps and not (run["finished"] or run["stopped_early"]):
@@ -349,15 +395,14 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
                         jax.block_until_ready(pending[-1])
                         time_to_first_step = time.perf_counter() - start
                     at_epoch_end = run["step"] % steps_per_epoch == 0
-                    if every and run["step"] % every == 0 and not at_epoch_end:
+                    stopping = stop.requested(run["step"])  # every process, every step
+                    due = every and run["step"] % every == 0
+                    if (due or stopping) and not at_epoch_end:
                         flush()
                         save()
-                    if stop.requested(run["step"]) and not at_epoch_end:
-                        flush()
-                        run["train_time_s"] += time.perf_counter() - segment_start
-                        save()
-                        raise RunInterrupted(stop.message(run["step"], checkpoints is not None),
-                                             stop.signum)
+                        if stopping:
+                            raise RunInterrupted(
+                                stop.message(run["step"], checkpoints is not None), stop.signum)
 
                 # ----------------------------------------------------------- epoch end
                 flush()
@@ -369,8 +414,7 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
                           "learning_rate": float(schedule(run["step"] - 1))}
                 if len(dataset.validation["y"]):
                     record.update(_report(evaluate("validation"), dataset, "val"))
-                run["train_time_s"] += time.perf_counter() - segment_start
-                segment_start = time.perf_counter()
+                add_train_time()
                 record["time_s"] = run["train_time_s"]
                 run["history"].append(record)
                 logs.write(record)
@@ -425,9 +469,8 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
     checkpoint = None
     if checkpoints is not None:
         checkpoints.wait()
-        checkpoint = os.path.join(checkpoints.directory, str(checkpoints.latest_step()), "state")
-    if checkpoints is not None:
-        checkpoints.close()
+        tested_step = restored_best["step"] if restored_best else checkpoints.latest_step()
+        checkpoint = os.path.join(checkpoints.directory, str(tested_step), "state")
     summary = {
         "config": saved_config,
         **test,
