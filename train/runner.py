@@ -157,20 +157,19 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
     mode = resolve_parallel(config)
     batch_size = global_batch_size(config)
     identity = lambda sums: sums  # noqa: E731
-    if mode == "none":
-        state = make_state(config, dataset)
-        train_fn, eval_fn = _steps(config, dataset)
-        train_jit, eval_jit = jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn)
-        place, reduce, devices = (lambda b: b), identity, 1
-    elif mode == "shard":
-        configs.check_batch_divides(batch_size, jax.device_count())
-        mesh = parallel.make_mesh()
+    if mode in ("none", "shard"):  # one sharded-jit path: a single device is a mesh of one
+        if mode == "shard":
+            configs.check_batch_divides(batch_size, jax.device_count())
+        mesh = parallel.make_mesh(jax.local_devices()[:1] if mode == "none" else None)
         state = make_state(config, dataset, mesh=mesh)
         train_fn, eval_fn = _steps(config, dataset)
         train_jit = parallel.jit_sharded(train_fn, state, mesh, fsdp=config["fsdp"])
         eval_jit = parallel.jit_sharded(eval_fn, state, mesh, fsdp=config["fsdp"], donate=False)
-        place = lambda b: parallel.shard_batch(parallel.process_slice(b), mesh)  # noqa: E731
-        reduce, devices = identity, jax.device_count()
+        if mode == "none":  # host arrays go straight in: jit places them on the one device
+            place = lambda b: b  # noqa: E731
+        else:
+            place = lambda b: parallel.shard_batch(parallel.process_slice(b), mesh)  # noqa: E731
+        reduce, devices = identity, mesh.size
     elif mode == "pmap":
         configs.check_batch_divides(batch_size, jax.device_count())
         state = parallel.replicate(make_state(config, dataset, axis_name=parallel.PMAP_AXIS))
