@@ -33,6 +33,41 @@ def digits():
 
 
 @pytest.fixture
+def registries():
+    """Restores the model and dataset registries after a test that registers its own."""
+    import jnn
+
+    models, specs = dict(jnn.models._REGISTRY), dict(jnn.data.SPECS)
+    yield
+    jnn.models._REGISTRY.clear()
+    jnn.models._REGISTRY.update(models)
+    jnn.data.SPECS.clear()
+    jnn.data.SPECS.update(specs)
+
+
+@pytest.fixture
+def scripted_val_losses(monkeypatch):
+    """script(losses): the harness's validation losses, epoch by epoch, are `losses`
+    (training stays real), so early stopping's decisions are known in advance."""
+    import train.loop as loop
+
+    report = loop._report
+
+    def script(losses):
+        losses = iter(losses)
+
+        def scripted_report(sums, dataset, prefix):
+            out = report(sums, dataset, prefix)
+            if prefix == "val":
+                out["val_loss"] = next(losses)
+            return out
+
+        monkeypatch.setattr(loop, "_report", scripted_report)
+
+    return script
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -119,16 +119,6 @@ def test_traceback_shows_the_whole_error_instead_of_one_line():
         main(["--set", "model=resnet9", "--traceback"])
 
 
-@pytest.fixture
-def registries():
-    models, specs = dict(jnn.models._REGISTRY), dict(jnn.data.SPECS)
-    yield
-    jnn.models._REGISTRY.clear()
-    jnn.models._REGISTRY.update(models)
-    jnn.data.SPECS.clear()
-    jnn.data.SPECS.update(specs)
-
-
 def test_show_of_a_config_file_types_its_own_models_fields(capsys, registries):
     assert main(["--config", EXAMPLE, "--set", "model_kwargs.layer_norm=true",
                  "--set", "model_kwargs.width=8", "--show"]) == 0

@@ -20,17 +20,6 @@ EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
                        "configs", "examples", "own_model_and_data.py")
 
 
-@pytest.fixture
-def registries():
-    """Restores the model and dataset registries after a test that registers its own."""
-    models, specs = dict(jnn.models._REGISTRY), dict(jnn.data.SPECS)
-    yield
-    jnn.models._REGISTRY.clear()
-    jnn.models._REGISTRY.update(models)
-    jnn.data.SPECS.clear()
-    jnn.data.SPECS.update(specs)
-
-
 def refusal(fn, *args) -> str:
     """The message of the ValueError `fn(*args)` raises, checked to be one line."""
     with pytest.raises(ValueError) as info:

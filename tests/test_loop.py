@@ -87,19 +87,8 @@ NAN = float("nan")
     (0, [1.0, 2.0, 3.0, 4.0, 5.0], 1),  # 0: off, all epochs run
 ])
 def test_early_stopping_stops_exactly_patience_epochs_after_the_best(
-        tmp_path, monkeypatch, patience, val_losses, best_epoch):
-    # The validation losses are scripted (training is real), so the stopping point is known.
-    import train.loop as loop
-
-    report, scripted = loop._report, iter(val_losses)
-
-    def scripted_report(sums, dataset, prefix):
-        out = report(sums, dataset, prefix)
-        if prefix == "val":
-            out["val_loss"] = next(scripted)
-        return out
-
-    monkeypatch.setattr(loop, "_report", scripted_report)
+        tmp_path, scripted_val_losses, patience, val_losses, best_epoch):
+    scripted_val_losses(val_losses)
     epochs = len(val_losses)
     config = _short("digits_mlp", epochs=epochs, early_stopping_patience=patience,
                     batch_size=256, model_kwargs={"hidden_sizes": (16,)}, save_checkpoint=False,

@@ -38,8 +38,9 @@ def _run(config, workdir, **kwargs):
     return summary, lines
 
 
-def _with_step_hook(monkeypatch, hook):
-    """Calls hook(call_index, batch) -> batch before each train step (index from 0)."""
+def _with_step_hook(monkeypatch, hook=None, after=None):
+    """Calls hook(call_index, batch) -> batch before each train step and after(call_index,
+    runner) after it (call indices from 0)."""
     build = runner_lib.build_runner
 
     def build_with_hook(*args, **kwargs):
@@ -47,9 +48,12 @@ def _with_step_hook(monkeypatch, hook):
         train, calls = runner.train, [0]
 
         def hooked(batch):
-            batch = hook(calls[0], batch)
+            index = calls[0]
             calls[0] += 1
-            return train(batch)
+            metrics = train(hook(index, batch) if hook else batch)
+            if after:
+                after(index, runner)
+            return metrics
 
         runner.train = hooked
         return runner
@@ -187,16 +191,8 @@ def test_skip_nonfinite_skips_the_bad_step_and_finishes(tmp_path, monkeypatch):
     assert np.isfinite(summary["test_loss"]) and summary["test_accuracy"] > 0.5
 
 
-def test_early_stopping_restores_the_best_parameters(tmp_path, monkeypatch):
-    scripted, report = iter([3.0, 1.0, 2.0, 2.5, 9.0]), loop._report
-
-    def scripted_report(sums, dataset, prefix):
-        out = report(sums, dataset, prefix)
-        if prefix == "val":
-            out["val_loss"] = next(scripted)
-        return out
-
-    monkeypatch.setattr(loop, "_report", scripted_report)
+def test_early_stopping_restores_the_best_parameters(tmp_path, scripted_val_losses):
+    scripted_val_losses([3.0, 1.0, 2.0, 2.5, 9.0])
     config = _config(epochs=5, early_stopping_patience=2, max_to_keep=2)
     summary, lines = _run(config, tmp_path)
     steps_per_epoch = summary["history"][0]["step"]
@@ -245,24 +241,12 @@ def test_an_unwritable_workdir_is_one_line(tmp_path):
 def test_non_finite_parameters_after_a_finite_loss_are_never_saved(tmp_path, monkeypatch):
     # A gradient that overflows shows in the parameters before any loss: the save after
     # the step refuses them, and the message names the step and the checkpoint before it.
-    build = runner_lib.build_runner
+    def overflow(index, runner):
+        if index == 9:  # after step 9, whose loss was finite
+            runner.state = runner.state.replace(params=jax.tree.map(
+                lambda p: p * np.inf, runner.state.params))
 
-    def build_with_overflow(*args, **kwargs):
-        runner = build(*args, **kwargs)
-        train, calls = runner.train, [0]
-
-        def overflowing(batch):
-            metrics = train(batch)
-            calls[0] += 1
-            if calls[0] == 10:  # after step 9, whose loss was finite
-                runner.state = runner.state.replace(params=jax.tree.map(
-                    lambda p: p * np.inf, runner.state.params))
-            return metrics
-
-        runner.train = overflowing
-        return runner
-
-    monkeypatch.setattr(loop, "build_runner", build_with_overflow)
+    _with_step_hook(monkeypatch, after=overflow)
     with pytest.raises(loop.NonFiniteLoss, match="parameters are not finite after step 9 .*"
                        "the last good checkpoint is at step 5;"):
         _run(_config(epochs=1), tmp_path)
