@@ -31,11 +31,16 @@ def sum_metrics(batches: Iterable[dict]) -> dict[str, tuple[np.ndarray, np.ndarr
 
 
 def summarize(sums: dict) -> dict[str, np.ndarray]:
-    """Means from sums: {"name": sum / count} (count 0 gives 0); perplexity as exp(mean)."""
+    """Means from sums: {"name": sum / count} (count 0 gives 0); perplexity as exp(mean).
+
+    A sum may have more axes than its count (e.g. a (K, C, C) confusion matrix per
+    ensemble member over (K,) counts): the count applies to the trailing axes alike.
+    """
     out = {}
     for name, (total, count) in sums.items():
-        mean = np.asarray(total, np.float64) / np.maximum(np.asarray(count, np.float64), 1e-12)
-        mean = np.where(np.asarray(count) > 0, mean, 0.0)
+        total, count = np.asarray(total, np.float64), np.asarray(count, np.float64)
+        count = count.reshape(count.shape + (1,) * (total.ndim - count.ndim))
+        mean = np.where(count > 0, total / np.maximum(count, 1e-12), 0.0)
         out[name] = np.exp(mean) if name in EXPONENTIATED else mean
     return out
 

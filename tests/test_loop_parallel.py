@@ -73,7 +73,7 @@ def test_dp_sgd_config_trains(tmp_path):
      "(or --per-device-batch-size)"),
     (["--parallel", "none", "--fsdp"], "use --parallel shard"),
     (["--parallel", "pmap", "--ensemble", "2"], "not pmap"),
-    (["--ensemble", "0"], "ensemble must be an integer >= 1"),
+    (["--ensemble", "0"], "ensemble must be >= 1"),
     (["--coordinator", "127.0.0.1:1234"], "needs all of --coordinator"),
     (["--set", "ensemble_learning_rate_scales=1,2", "--ensemble", "3"], "give one per member"),
 ])

@@ -32,3 +32,10 @@ def test_sums_add_up_per_member_and_keep_the_ensemble_axis():
     np.testing.assert_allclose(jnn.summarize(sums)["loss"], [4.0 / 3.0, 2.0])
     np.testing.assert_array_equal(jnn.metrics.count(sums), [3.0, 3.0])
     assert jnn.sum_metrics([]) == {}
+
+
+def test_a_sum_with_more_axes_than_its_count_is_divided_along_the_trailing_axes():
+    counts = np.array([2.0, 0.0])  # two ensemble members, the second saw nothing
+    matrices = np.arange(8.0).reshape(2, 2, 2)
+    means = jnn.summarize({"confusion_matrix": (matrices, counts)})["confusion_matrix"]
+    np.testing.assert_array_equal(means, [matrices[0] / 2, np.zeros((2, 2))])
