@@ -70,6 +70,19 @@ def _signal_at(monkeypatch, call, signum=signal.SIGTERM):
     _with_step_hook(monkeypatch, hook)
 
 
+def _interrupted_run(monkeypatch, config, workdir, at_call):
+    """Runs `config` until SIGTERM arrives during train step `at_call` (it saves and stops)."""
+    with monkeypatch.context() as patch:
+        _signal_at(patch, at_call)
+        with pytest.raises(loop.RunInterrupted):
+            _run(config, workdir)
+
+
+def _nan_inputs_at(step):
+    """A step hook that makes the inputs of train step `step` all NaN."""
+    return lambda i, batch: {**batch, "x": np.full_like(batch["x"], np.nan)} if i == step else batch
+
+
 def _final_params(summary, config):
     from train.checkpoint import restore_state
 
@@ -113,10 +126,7 @@ def test_an_interrupted_run_resumed_equals_an_uninterrupted_one_bit_for_bit(
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, monkeypatch):
     config = _config(epochs=1)
-    with monkeypatch.context() as patch:
-        _signal_at(patch, 12)
-        with pytest.raises(loop.RunInterrupted):
-            _run(config, tmp_path)
+    _interrupted_run(monkeypatch, config, tmp_path, 12)
     steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
     assert steps[-2:] == [10, 13]
     for root, _, files in os.walk(tmp_path / "checkpoints" / "13" / "state"):
@@ -133,10 +143,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, monk
 def test_a_save_killed_half_way_leaves_the_last_complete_checkpoint(tmp_path, monkeypatch):
     # What `kill -9` during a save leaves: orbax's temporary folder of the unfinished step.
     config = _config(epochs=1)
-    with monkeypatch.context() as patch:
-        _signal_at(patch, 7)
-        with pytest.raises(loop.RunInterrupted):
-            _run(config, tmp_path)
+    _interrupted_run(monkeypatch, config, tmp_path, 7)
     folder = tmp_path / "checkpoints"
     shutil.copytree(folder / "8", folder / "10.orbax-checkpoint-tmp-1234")
     (folder / "10.orbax-checkpoint-tmp-1234" / "progress" / "metadata").write_text('{"st')
@@ -167,11 +174,7 @@ def test_a_finished_run_run_again_trains_no_further(tmp_path):
 
 def test_a_nan_at_step_k_stops_there_and_keeps_only_earlier_checkpoints(tmp_path, monkeypatch):
     k = 11
-
-    def poison(i, batch):
-        return {**batch, "x": np.full_like(batch["x"], np.nan)} if i == k else batch
-
-    _with_step_hook(monkeypatch, poison)
+    _with_step_hook(monkeypatch, _nan_inputs_at(k))
     with pytest.raises(loop.NonFiniteLoss, match=f"loss of step {k} .epoch 1, batch {k}. is not "
                        "finite; the last good checkpoint is at step 10") as stopped:
         _run(_config(epochs=2), tmp_path)
@@ -181,11 +184,7 @@ def test_a_nan_at_step_k_stops_there_and_keeps_only_earlier_checkpoints(tmp_path
 
 def test_skip_nonfinite_skips_the_bad_step_and_finishes(tmp_path, monkeypatch):
     k = 3
-
-    def poison(i, batch):
-        return {**batch, "x": np.full_like(batch["x"], np.nan)} if i == k else batch
-
-    _with_step_hook(monkeypatch, poison)
+    _with_step_hook(monkeypatch, _nan_inputs_at(k))
     summary, _ = _run(_config(epochs=1, skip_nonfinite=True), tmp_path)
     assert summary["history"][0]["train_skipped_steps"] == 1
     assert np.isfinite(summary["test_loss"]) and summary["test_accuracy"] > 0.5

@@ -264,8 +264,8 @@ def _last_good(checkpoints, before_step: int) -> str:
 
 
 def _first_nonfinite(step_metrics: list, first_step: int) -> int | None:
-    """The step whose loss is not finite first, among metrics of consecutive steps."""
-    for i, metrics in enumerate(jax.device_get(step_metrics)):
+    """The step whose loss is not finite first, among host metrics of consecutive steps."""
+    for i, metrics in enumerate(step_metrics):
         if not np.all(np.isfinite(np.asarray(metrics["loss"][0]))):
             return first_step + i
     return None
@@ -305,8 +305,7 @@ def _train_and_evaluate(config, workdir, progress, log, restart, opened: list) -
     start = time.perf_counter()
     dataset = jnn.data.load(config["dataset"], data_dir=config["data_dir"],
                             validation_fraction=config["validation_fraction"])
-    if hasattr(configs, "check_dataset"):
-        configs.check_dataset(config, dataset)
+    configs.check_dataset(config, dataset)
     runner = build_runner(config, dataset, make_batches(config, dataset, "train")[0])
     schedule = make_schedule(config, dataset)
     evaluate = lambda split: runner.reduce(jnn.sum_metrics(  # noqa: E731
@@ -314,8 +313,7 @@ def _train_and_evaluate(config, workdir, progress, log, restart, opened: list) -
 
     steps_per_epoch = jnn.data.num_batches(len(dataset.train["y"]), global_batch_size(config))
     total_steps = config["epochs"] * steps_per_epoch
-    saved_config = configs.to_dict(config) if hasattr(configs, "to_dict") else dict(config)
-    saved_config = json.loads(json.dumps(saved_config))  # tuples as lists, as read back
+    saved_config = json.loads(json.dumps(configs.to_dict(config)))  # tuples as lists, as read back
     resumable = prepare_workdir(workdir, saved_config, restart=restart, lead=lead, log=log)
 
     checkpoints = None
@@ -366,17 +364,15 @@ def _train_and_evaluate(config, workdir, progress, log, restart, opened: list) -
         nonlocal epoch_sums
         if not pending:
             return
-        first = run["step"] - len(pending)
+        first, host = run["step"] - len(pending), jax.device_get(pending)  # one transfer
         if not config["skip_nonfinite"]:
-            bad = _first_nonfinite(pending, first)
+            bad = _first_nonfinite(host, first)
             if bad is not None:
-                if checkpoints is not None:
-                    checkpoints.wait()
                 epoch, batch = divmod(bad, steps_per_epoch)
                 raise NonFiniteLoss(
                     f"the loss of step {bad} (epoch {epoch + 1}, batch {batch}) is not finite; "
                     + _last_good(checkpoints, bad + 1) + _NONFINITE_FIX)
-        epoch_sums = _add_sums(epoch_sums, jnn.sum_metrics(pending))
+        epoch_sums = _add_sums(epoch_sums, jnn.sum_metrics(host))
         pending.clear()
 
     bar = tqdm(total=total_steps, initial=run["step"], unit="step", leave=False,

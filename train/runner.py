@@ -1,5 +1,6 @@
 """How the harness runs the step: the model, optimizer and state of a config, and the
-transform around the pure step (plain jit, sharded jit, pmap, a vmapped ensemble).
+transform around the pure step (sharded jit over a mesh, of one device for "none"; pmap;
+a vmapped ensemble).
 
 A `Runner` hides the transform from the loop: the loop hands it host batches of the
 global batch size and gets metric sums back, whatever the mode.
