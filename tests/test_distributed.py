@@ -3,7 +3,6 @@ parameters as one process with 4 devices."""
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import distributed_worker  # noqa: E402
+from gloo_output import without_gloo_notices  # noqa: E402
 
 TIMEOUT_S = 240
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -109,8 +109,6 @@ if _LOG and _ROOT:
 
     sys.addaudithook(_hook)
 '''
-GLOO_NOTICE = re.compile(r"\d+ is connected to \d+ peer ranks\. Expected number of connected "
-                         r"peer ranks is : \d+\n?")
 HARNESS_ARGS = ["-m", "train", "--config", "digits_cnn", "--set", "epochs=2", "--no-progress"]
 HARNESS_TIMEOUT_S = 300
 
@@ -146,9 +144,7 @@ def _wait_all(procs, timeout_s):
 
 def _output(tmp_path, name):
     """(stdout lines without gloo's connection notices, stderr, written paths)."""
-    # gloo writes its connection notices in pieces from several threads: remove the pieces
-    text = (tmp_path / f"{name}.out").read_text().replace("[Gloo] Rank ", "")
-    lines = [line for line in GLOO_NOTICE.sub("", text).splitlines() if line]
+    lines = without_gloo_notices((tmp_path / f"{name}.out").read_text())
     writes = tmp_path / f"{name}.writes"
     written = [line.split("\t", 1)[1] for line in writes.read_text().splitlines()] \
         if writes.exists() else []

@@ -21,6 +21,8 @@ import jax
 import numpy as np
 import pytest
 
+from gloo_output import without_gloo_notices
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -49,8 +51,6 @@ SHARDED_VARIANTS = {  # name: (extra flags, steps of the whole run)
 STOPPED = re.compile(r"stopped by SIGTERM at step (\d+), saved; run the same command again to "
                      r"resume from there")
 
-GLOO_NOTICE = re.compile(r"\d+ is connected to \d+ peer ranks\. Expected number of connected "
-                         r"peer ranks is : \d+\n?")
 
 
 # ------------------------------------------------------------------------ helpers
@@ -79,12 +79,8 @@ class _Run:
 
     @property
     def stdout(self) -> list[str]:
-        """stdout lines without gloo's connection notices. gloo writes a notice in pieces
-        from several threads, so two notices can interleave ("[Gloo] Rank [Gloo] Rank 2 is
-        connected ..." and then "3 is connected ..." on a line of its own)."""
-        text = self.out_path.read_text().replace("[Gloo] Rank ", "")
-        text = GLOO_NOTICE.sub("", text)
-        return [line for line in text.splitlines() if line]
+        """stdout lines without gloo's connection notices."""
+        return without_gloo_notices(self.out_path.read_text())
 
     @property
     def stderr(self) -> str:
