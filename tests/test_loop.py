@@ -75,6 +75,33 @@ def test_a_default_run_compiles_one_train_and_one_eval_program(tmp_path, compile
     assert sorted(steps) == ["jit(eval_step)", "jit(train_step)"], compile_counter.names
 
 
+def test_a_compile_after_the_first_epoch_is_reported_with_its_cause(tmp_path, monkeypatch):
+    import jax
+    import numpy as np
+
+    from train import loop
+
+    double = jax.jit(lambda v: v * 2)
+    report = loop._report
+
+    def report_and_recompile(sums, dataset, prefix):  # a new shape at every report
+        calls.append(prefix)
+        double(np.zeros(len(calls), np.float32))
+        return report(sums, dataset, prefix)
+
+    monkeypatch.setattr(loop, "_report", report_and_recompile)
+    lines, calls = [], []
+    config = _short("digits_cnn", epochs=3, validation_fraction=0.0)
+    summary = train_and_evaluate(config, str(tmp_path), progress=False, log=lines.append)
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    # reports: train at epochs 1, 2, 3, then test; the first is before the watch is armed
+    assert calls == ["train", "train", "train", "test"]
+    assert len(warnings) == 3 and len(summary["compiles_after_first_epoch"]) == 3, lines
+    assert warnings[0].startswith("warning: jit(<lambda>) compiled after the first epoch")
+    assert "at v, now f32[2] and before f32[1]" in warnings[0], warnings
+    assert summary["compiles"] >= 6
+
+
 NAN = float("nan")
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 import jnn
 from train import config as configs
 from train.checkpoint import CHECKPOINTS, RunCheckpoints
+from train.compile_watch import CompileWatch
 from train.runner import build_runner, global_batch_size, make_schedule
 from train.signals import StopRequests
 
@@ -291,13 +292,15 @@ def train_and_evaluate(config: dict, workdir: str, *, progress: bool | None = No
     """
     opened = []  # the run's checkpoint manager, closed whatever happens
     try:
-        return _train_and_evaluate(config, workdir, progress, log, restart, opened)
+        with CompileWatch(log if jax.process_index() == 0 else (lambda _: None)) as watch:
+            return _train_and_evaluate(config, workdir, progress, log, restart, opened, watch)
     finally:
         for checkpoints in opened:
             checkpoints.close()
 
 
-def _train_and_evaluate(config, workdir, progress, log, restart, opened: list) -> dict:
+def _train_and_evaluate(config, workdir, progress, log, restart, opened: list,
+                        watch: CompileWatch) -> dict:
     configs.validate(config)
     lead = jax.process_index() == 0
     if not lead:
@@ -437,6 +440,7 @@ def _train_and_evaluate(config, workdir, progress, log, restart, opened: list) -
                     run["stopped_early"] = True
                 run["finished"] = run["step"] >= total_steps or run["stopped_early"]
                 save(best=improved)
+                watch.arm()  # every program the run needs has been compiled by now
                 if stop.requested(run["step"]) and not run["finished"]:
                     raise RunInterrupted(stop.message(run["step"], checkpoints is not None),
                                          stop.signum)
@@ -477,6 +481,8 @@ def _train_and_evaluate(config, workdir, progress, log, restart, opened: list) -
         "time_to_first_step_s": time_to_first_step,
         "compile_time_s": sum(runner.timings.values()),
         "compile_breakdown_s": runner.timings,
+        "compiles": watch.compiles,  # programs compiled (or loaded from the cache) in the run
+        "compiles_after_first_epoch": watch.after_warmup,  # "function: cause" each
         "examples_per_s": run["examples"] / max(run["train_time_s"], 1e-9),
         "wall_time_s": time.perf_counter() - start,
         "parallel": runner.mode,
