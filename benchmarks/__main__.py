@@ -26,7 +26,7 @@ import tempfile
 
 from tqdm.auto import tqdm
 
-from benchmarks import frameworks, interleave, machine, plan, report, schema
+from benchmarks import frameworks, interleave, machine, peak, plan, report, schema
 
 
 def check_parameter_counts(records: list[dict]) -> list[str]:
@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join("benchmarks", "results", machine.slug(info))
     os.makedirs(out, exist_ok=True)
     records = []
+    matmul_flops = [peak.matmul_flops_per_s()]  # again at the end: the machine may drift
     # --quick skips torch.compile's warm compile, to stay short
     warm_frameworks = frameworks.JAX_FRAMEWORKS + (() if args.quick else ("torch-compile",))
     with tempfile.TemporaryDirectory(prefix="jnn-bench-cache-") as cache_root:
@@ -97,8 +98,9 @@ def main(argv=None) -> int:
                     tqdm.write(f"{plan.spec_name(record)}: {record['error']}", file=sys.stderr)
             bar.update(len(group))
         bar.close()
+    matmul_flops.append(peak.matmul_flops_per_s())
     results = {
-        "machine": info,
+        "machine": {**info, "matmul_flops_per_s": matmul_flops},
         "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "settings": {"quick": args.quick, "only": args.only, "batch": plan.BATCH,
                      "warmup": specs[0]["warmup"], "repeats": specs[0]["repeats"],

@@ -101,6 +101,24 @@ def compile_phase_table(records) -> list[str]:
     return lines
 
 
+def flops_table(records, matmul_flops_per_s: float) -> list[str]:
+    """Per model, the JAX frameworks' train and eval steps: XLA's FLOP count of the step,
+    the FLOP/s it achieves at its median step time, and that as a share of the matmul
+    throughput measured in the same run."""
+    lines = ["| model | framework | step | GFLOP per step | GFLOP/s | of matmul peak |",
+             "|---|---|---|---:|---:|---:|"]
+    for model in models_in(records):
+        for fw in FRAMEWORK_ORDER:
+            for step in ("train", "eval"):
+                r = _find(records, framework=fw, model=model, transform="jit", step=step)
+                if r is None or not r.get("flops") or not r.get("step_ms"):
+                    continue
+                achieved = r["flops"] / (r["step_ms"] / 1e3)
+                lines.append(f"| {model} | {fw} | {step} | {r['flops'] / 1e9:.3f} | "
+                             f"{achieved / 1e9:.1f} | {achieved / matmul_flops_per_s:.0%} |")
+    return lines
+
+
 def transform_table(records) -> list[str]:
     lines = ["| model | transform | devices | ensemble | step ms | examples/s | compile s |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -124,6 +142,25 @@ def _timing_sentence(settings: dict) -> str:
             "transform (the frameworks of a model, say) take turns within each round, in an "
             "order that rotates from round to round, so drift of the machine between rounds "
             "falls on all of them alike.")
+
+
+def _flops_section(results: dict) -> list[str]:
+    peaks = results["machine"].get("matmul_flops_per_s")
+    if not peaks:  # results from before the suite measured it
+        return []
+    peak = max(peaks)
+    return [
+        "## How far from the hardware: achieved FLOP/s",
+        "",
+        f"The matmul throughput of this machine, measured in this run (a jitted float32 "
+        f"1024x1024 matmul, at the start and at the end of the run): "
+        f"{', '.join(f'{p / 1e9:.1f}' for p in peaks)} GFLOP/s; the share below is of "
+        f"the higher, {peak / 1e9:.1f}. FLOPs per step are XLA's count for the compiled step "
+        "(frameworks compiled ahead of time only).",
+        "",
+        *flops_table(results["records"], peak),
+        "",
+    ]
 
 
 def write_markdown(results: dict, path: str) -> None:
@@ -161,6 +198,7 @@ def write_markdown(results: dict, path: str) -> None:
         "",
         *compile_phase_table(records),
         "",
+        *_flops_section(results),
         "## jnn under vmap (ensembles), pmap and sharded jit",
         "",
         "Devices here are forced CPU devices (`--xla_force_host_platform_device_count`): they "

@@ -30,6 +30,9 @@ def record_problems(record: dict) -> list[str]:
     if rounds is not None and not (isinstance(rounds, list) and
                                    all(isinstance(v, (int, float)) for v in rounds)):
         problems.append(f"round_step_ms={rounds!r} is not a list of numbers")
+    # XLA's FLOPs per step; optional (frameworks that compile on the first call lack it)
+    if not isinstance(record.get("flops"), NUMBER_OR_NULL):
+        problems.append(f"flops={record['flops']!r} is not a number")
     if record.get("transform") not in TRANSFORMS:
         problems.append(f"transform {record.get('transform')!r} is not one of {TRANSFORMS}")
     return problems

@@ -25,7 +25,20 @@ def compile_phases(jitted, *args) -> tuple[Any, dict[str, float | None]]:
     compiled = lowered.compile()
     done = time.perf_counter()
     return compiled, {"trace_s": trace_s, "lower_s": lowered_at - traced_at,
-                      "compile_s": done - lowered_at}
+                      "compile_s": done - lowered_at, "flops": program_flops(compiled)}
+
+
+def program_flops(compiled) -> float | None:
+    """The floating-point operations of one call of a compiled program, as XLA's cost
+    analysis counts them (None where the backend gives none)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend or version offers it
+        return None
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
 
 
 def time_steps(step: Callable[[], Any], *, warmup: int, repeats: int) -> list[float]:

@@ -34,8 +34,30 @@ def test_step_stats_pool_every_round_and_keep_each_rounds_median():
 def test_compile_phases_returns_a_working_executable_and_three_phases():
     compiled, phases = timing.compile_phases(jax.jit(lambda x: x * 2), np.ones(3, np.float32))
     np.testing.assert_array_equal(compiled(np.ones(3, np.float32)), [2, 2, 2])
-    assert set(phases) == {"trace_s", "lower_s", "compile_s"}
-    assert all(v >= 0 for v in phases.values())
+    assert set(phases) == {"trace_s", "lower_s", "compile_s", "flops"}
+    assert all(phases[k] >= 0 for k in ("trace_s", "lower_s", "compile_s"))
+
+
+def test_a_steps_flops_are_xlas_count_of_the_compiled_program():
+    a = np.ones((64, 32), np.float32)
+    b = np.ones((32, 16), np.float32)
+    _, phases = timing.compile_phases(jax.jit(lambda a, b: a @ b), a, b)
+    assert phases["flops"] == 2 * 64 * 32 * 16  # a multiply and an add per term
+
+
+def test_the_report_reads_achieved_flops_against_the_measured_matmul_peak(tmp_path):
+    results = _synthetic_results()
+    results["machine"]["matmul_flops_per_s"] = [8e9, 10e9]
+    for r in results["records"]:
+        r["flops"] = 4e6 if r["framework"] == "jnn" else None  # jnn's step: 1 ms
+    assert schema.results_problems(results) == []
+    report.write_markdown(results, str(tmp_path / "results.md"))
+    text = (tmp_path / "results.md").read_text()
+    section = text[text.index("## How far from the hardware"):text.index("## jnn under")]
+    assert "8.0, 10.0 GFLOP/s; the share below is of the higher, 10.0" in section
+    # 4 MFLOP in 1 ms is 4 GFLOP/s, 40% of 10 GFLOP/s; flax has no count, so no row
+    assert "| mlp | jnn | train | 0.004 | 4.0 | 40% |" in section
+    assert "| flax |" not in section
 
 
 def _count_parameters(framework, name):
