@@ -127,8 +127,9 @@ def _crop_offsets(out, x, padding, mirrored=False):
 
 def test_random_crop_shifts_by_up_to_the_padding_in_both_directions():
     x = _distinct_images(256)
+    # the default padding is the seed's RandomCrop(H, padding=4)
     out = data.random_crop_and_flip({"x": x, "y": np.arange(256)}, np.random.default_rng(0),
-                                    padding=4, flip=False)
+                                    flip=False)
     assert out["x"].shape == x.shape
     np.testing.assert_array_equal(out["y"], np.arange(256))
     offsets = _crop_offsets(out["x"], x, 4)
@@ -184,8 +185,28 @@ def test_augmentation_differs_between_epochs_and_batches_and_is_reproducible():
 
 
 def test_augmentation_needs_a_seed(digits):
-    with pytest.raises(ValueError, match="shuffle_seed"):
+    with pytest.raises(ValueError, match=r"^augmentation needs a shuffle_seed \(it is applied "
+                                         r"to training data\)$"):
         data.epoch_batches(digits.train, 16, augment=data.random_crop_and_flip)
+
+
+@pytest.mark.parametrize("batch_size", [0, -3])
+def test_a_batch_size_below_one_is_refused(batch_size):
+    arrays = {"x": np.zeros((5, 2), np.float32), "y": np.arange(5)}
+    with pytest.raises(ValueError, match=rf"^batch_size must be a positive integer, got "
+                                         rf"{batch_size}$"):
+        data.epoch_batches(arrays, batch_size)
+
+
+def test_batches_of_one_and_the_default_epoch_zero():
+    arrays = {"x": np.arange(5, dtype=np.float32)[:, None], "y": np.arange(5)}
+    ones = data.epoch_batches(arrays, 1)
+    assert len(ones) == 5 and [int(b["y"][0]) for b in ones] == [0, 1, 2, 3, 4]
+    assert all(b["mask"].tolist() == [True] for b in ones)
+    default = [b["y"].tolist() for b in data.epoch_batches(arrays, 2, shuffle_seed=7)]
+    epoch0 = [b["y"].tolist() for b in data.epoch_batches(arrays, 2, shuffle_seed=7, epoch=0)]
+    epoch1 = [b["y"].tolist() for b in data.epoch_batches(arrays, 2, shuffle_seed=7, epoch=1)]
+    assert default == epoch0 and default != epoch1
 
 
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)),

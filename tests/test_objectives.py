@@ -249,3 +249,55 @@ def test_the_confusion_matrix_counts_real_units_by_true_row_and_predicted_column
     assert np.trace(counts) / total == pytest.approx(metrics["accuracy"][0] / metrics["accuracy"][1])
     assert "confusion_matrix" not in jnn.objectives.get("cross_entropy")(
         jnp.asarray(logits), {"y": labels})[2]
+
+
+def test_an_mse_ensemble_scores_the_members_mean_prediction(rng):
+    x, states = _ensemble(rng, 2)
+    y = rng.normal(size=(10, 2)).astype(np.float32)
+    metrics = jax.jit(jnn.ensemble.make_ensemble_eval_step("mse"))(states, {"x": x, "y": y})
+    outputs = np.stack([np.asarray(jnn.predict(jnn.ensemble.member(states, k), x))
+                        for k in range(3)])  # (K, B, 2)
+    mean = outputs.mean(0)
+    np.testing.assert_allclose(metrics["ensemble_loss"][0], ((mean - y) ** 2).mean(1).sum(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"][0], ((outputs - y) ** 2).mean(2).sum(1),
+                               rtol=1e-5)
+
+
+def test_the_objective_names_are_the_built_ins():
+    assert jnn.objectives.names() == ["binary_cross_entropy", "cross_entropy", "mse",
+                                      "next_token"]
+
+
+@pytest.mark.parametrize("name", ["mse", "binary_cross_entropy", "cross_entropy"])
+def test_an_objective_reads_its_targets_and_mask_under_the_keys_it_is_given(rng, name):
+    outputs = rng.normal(size=(4, 3)).astype(np.float32)
+    targets = {"mse": rng.normal(size=(4, 3)).astype(np.float32),
+               "binary_cross_entropy": rng.integers(0, 2, (4, 3)).astype(np.float32),
+               "cross_entropy": rng.integers(0, 3, 4)}[name]
+    keep = np.array([True, False, True, True])
+    # the default keys hold something else: reading them gives other losses and weights
+    batch = {"t": targets, "keep": keep, "y": np.zeros_like(targets),
+             "mask": np.array([False, True, False, False])}
+    renamed = jnn.objectives.get(name, target="t", mask="keep")(jnp.asarray(outputs), batch)
+    plain = jnn.objectives.get(name)(jnp.asarray(outputs), {"y": targets, "mask": keep})
+    for a, b in zip(jax.tree.leaves(renamed), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_array_equal(renamed[1], keep.astype(np.float32))
+
+
+def test_binary_accuracy_is_the_share_of_an_examples_outputs_on_the_right_side_of_zero():
+    # a logit of exactly 0 (probability 0.5) predicts 0; a label counts as 1 above 0.5 only
+    outputs = jnp.array([[2.0, -1.0, 0.0], [-3.0, 4.0, 1.0]])
+    labels = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.5]])
+    _, _, metrics = jnn.objectives.get("binary_cross_entropy")(outputs, {"y": labels})
+    hits, count = metrics["accuracy"]
+    np.testing.assert_allclose(hits, 1.0 + 1.0 / 3.0, rtol=1e-6)  # 3/3, then 1/3
+    assert float(count) == 2.0
+
+
+def test_binary_ensemble_logits_stay_finite_when_every_member_is_certain():
+    outputs = jnp.full((3, 2, 1), -200.0)  # sigmoid is exactly 0 in float32
+    combined = jnn.objectives.get("binary_cross_entropy").combine_members(outputs)
+    assert combined.shape == (2, 1) and bool(jnp.all(jnp.isfinite(combined)))
+    assert float(combined[0, 0]) < -20.0

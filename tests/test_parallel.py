@@ -283,3 +283,62 @@ def test_sharded_jit_batchnorm_statistics_are_those_of_the_global_batch(kind):
     global_variances = [v for path, v in jax.tree_util.tree_flatten_with_path(expected)[0]
                         if "var" in jax.tree_util.keystr(path)]
     assert not np.allclose(variances, global_variances, rtol=1e-2)
+
+
+@pytest.mark.parametrize("batch_size,devices,sizes", [(30, 8, [24, 32]), (3, 8, [8]),
+                                                      (1, 1, [1, 2]), (17, 4, [16, 20])])
+def test_the_nearest_divisible_sizes_are_positive_multiples_next_to_the_batch(
+        batch_size, devices, sizes):
+    assert parallel.nearest_divisible_sizes(batch_size, devices) == sizes
+
+
+def test_process_slice_defaults_to_this_processs_share(monkeypatch):
+    batch = {"y": np.arange(12)}
+    monkeypatch.setattr(jax, "process_index", lambda: 2)
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    np.testing.assert_array_equal(parallel.process_slice(batch)["y"], [8, 9, 10, 11])
+    np.testing.assert_array_equal(parallel.process_slice(batch, 0)["y"], [0, 1, 2, 3])
+    np.testing.assert_array_equal(parallel.process_slice(batch, process_count=4)["y"],
+                                  [6, 7, 8])
+
+
+def test_fsdp_splits_the_largest_divisible_axis_of_arrays_from_min_size_on():
+    mesh = parallel.make_mesh()
+    leaves = {"wide": np.zeros((8, 16)), "tall": np.zeros((24, 8)), "odd": np.zeros((8, 17)),
+              "small": np.zeros((8, 15)), "none": np.zeros((7, 20))}
+    specs = {k: s.spec for k, s in
+             parallel.state_shardings(leaves, mesh, fsdp=True, min_size=120).items()}
+    assert specs["wide"] == jax.sharding.PartitionSpec(None, "data")  # 16 > 8, both divide
+    assert specs["tall"] == jax.sharding.PartitionSpec("data", None)
+    assert specs["odd"] == jax.sharding.PartitionSpec("data", None)  # 17 does not divide
+    assert specs["small"] == jax.sharding.PartitionSpec("data", None)  # 120: exactly min_size
+    assert specs["none"] == jax.sharding.PartitionSpec()  # neither axis divides
+    assert parallel.state_shardings({"t": np.zeros((7, 17))}, mesh, fsdp=True,
+                                    min_size=120)["t"].spec == jax.sharding.PartitionSpec()
+    replicated = parallel.state_shardings(leaves, mesh)  # without fsdp: all replicated
+    assert all(s.spec == jax.sharding.PartitionSpec() for s in replicated.values())
+
+
+def test_a_sharded_state_is_replicated_by_default_and_takes_create_options():
+    mesh = parallel.make_mesh()
+    model = jnn.models.get("mlp", hidden_sizes=(64,), num_outputs=8)
+    sample = np.zeros((1, 8, 8, 1), np.float32)
+    state = parallel.create_sharded_train_state(
+        model, optax.sgd(0.1), jax.random.PRNGKey(0), sample, mesh,
+        loss_scale=jnn.precision.DynamicLossScale.create(2.0 ** 10))
+    kernel = state.params["Dense_0"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec()
+    assert float(state.loss_scale.scale) == 2.0 ** 10
+
+
+def test_a_sharded_steps_trace_lowers_and_compiles_to_the_step(rng):
+    mesh = parallel.make_mesh()
+    state = parallel.shard_state(_state(MODELS["cnn"]), mesh)
+    batch = parallel.shard_batch(_batches(1)[0], mesh)
+    eval_step = parallel.jit_sharded(jnn.make_eval_step(), state, mesh)
+    traced = eval_step.trace(state, batch)
+    assert traced.jaxpr is not None
+    compiled = traced.lower().compile()
+    for a, b in zip(jax.tree.leaves(compiled(state, batch)),
+                    jax.tree.leaves(eval_step(state, batch))):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
