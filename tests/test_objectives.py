@@ -1,6 +1,8 @@
 """Objectives: per-unit losses and weights, next-token loss over padded sequences, your own
 objective and metric; exact means over batches, devices and uneven splits."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -301,3 +303,34 @@ def test_binary_ensemble_logits_stay_finite_when_every_member_is_certain():
     combined = jnn.objectives.get("binary_cross_entropy").combine_members(outputs)
     assert combined.shape == (2, 1) and bool(jnp.all(jnp.isfinite(combined)))
     assert float(combined[0, 0]) < -20.0
+
+
+def test_with_label_smoothing_perplexity_stays_that_of_the_true_next_tokens(rng):
+    batch = _sequences(rng)
+    state = _lm_state(batch)
+    logits = np.asarray(jnn.predict(state, batch), np.float64)
+    nll = -np.take_along_axis(_log_softmax(logits), batch["y"][..., None], -1)[..., 0]
+    smoothed = jnn.objectives.get("next_token", label_smoothing=0.3)
+    means = jnn.summarize(jax.jit(jnn.make_eval_step(smoothed))(state, batch))
+    mask = batch["mask"]
+    np.testing.assert_allclose(means["perplexity"], np.exp(nll[mask].mean()), rtol=1e-5)
+    smooth_targets = 0.7 * np.eye(VOCAB)[batch["y"]] + 0.3 / VOCAB
+    smoothed_nll = -(smooth_targets * _log_softmax(logits)).sum(-1)
+    np.testing.assert_allclose(means["loss"], smoothed_nll[mask].mean(), rtol=1e-5)
+    assert abs(means["loss"] - nll[mask].mean()) > 1e-3  # the two differ here
+
+
+@pytest.mark.parametrize("logits,targets", [((2, 5, VOCAB), (2, 4)), ((2, 5), (2, 5))])
+def test_next_token_names_mismatched_logits_and_targets(logits, targets):
+    with pytest.raises(ValueError, match=re.escape(
+            f"next_token expects logits (B, T, V) and targets (B, T), got {logits} and "
+            f"{targets}")):
+        jnn.objectives.get("next_token")(jnp.zeros(logits), {"y": np.zeros(targets, int)})
+
+
+def test_a_confident_ensemble_gets_finite_averaged_log_probabilities():
+    outputs = jnp.array([[[200.0, -200.0, 0.0]], [[150.0, -300.0, 0.0]]])  # (K, B, C)
+    combined = jnn.objectives.get("cross_entropy").combine_members(outputs)
+    assert bool(jnp.all(jnp.isfinite(combined)))
+    np.testing.assert_allclose(combined[0, 0], 0.0, atol=1e-6)  # log(1)
+    assert float(combined[0, 1]) < -20.0

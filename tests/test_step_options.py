@@ -37,6 +37,21 @@ def test_microbatches_equal_one_step_on_the_whole_batch(rng, k):
     _close(whole.params, micro.params, rtol=1e-5, atol=1e-6)
 
 
+def test_microbatches_split_a_batch_that_holds_inputs_only(rng):
+    # an objective that needs no targets (here: outputs pulled towards zero)
+    def shrink(outputs, batch):
+        losses = jnp.square(outputs).mean(-1)
+        return losses, jnn.objectives.unit_weights(batch, losses.shape), {}
+
+    batch = {"x": _batch(rng)["x"]}
+    state = jnn.create_train_state(jnn.models.get("mlp"), optax.sgd(0.1), jax.random.PRNGKey(0),
+                                   batch["x"])
+    whole, m_whole = jax.jit(jnn.make_train_step(shrink))(state, batch)
+    micro, m_micro = jax.jit(jnn.make_train_step(shrink, microbatches=4))(state, batch)
+    _close(m_whole, m_micro)
+    _close(whole.params, micro.params)
+
+
 def test_microbatches_that_do_not_divide_the_batch_are_refused(rng):
     state = jnn.create_train_state(jnn.models.get("mlp"), optax.sgd(0.1), jax.random.PRNGKey(0),
                                    _batch(rng)["x"])
