@@ -308,3 +308,18 @@ def test_report_only_redraws_from_an_existing_results_json(tmp_path, capsys):
     assert (tmp_path / "results.md").exists() and (tmp_path / "compile_vs_depth.png").exists()
     assert bench_main.main(["--report", str(tmp_path / "missing")]) == 2
     assert "run python -m benchmarks --out" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two worker processes, one importing jnn as extracted from git
+def test_versus_revision_times_a_revision_against_the_working_tree(tmp_path, capsys):
+    from benchmarks import versus_revision
+
+    out = tmp_path / "vs.md"
+    assert versus_revision.main(["HEAD", "--models", "mlp", "--rounds", "2", "--quick",
+                                 "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| mlp |")]
+    assert [row.split(" | ")[1] for row in rows] == ["train", "eval"]
+    for row in rows:
+        cells = row.strip("|").split("|")
+        then_ms, now_ms = float(cells[2]), float(cells[3])
+        assert then_ms > 0 and now_ms > 0 and "x (" in cells[4]
