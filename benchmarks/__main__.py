@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: "
                         "benchmarks/results/<machine>)")
     parser.add_argument("--rounds", type=int, metavar="N", help="rounds of interleaved "
-                        "timing (default: 3 with --quick, else 5)")
+                        "timing (default: 5 with --quick, else 12)")
     parser.add_argument("--report", metavar="DIR", help="only rewrite DIR/results.md and the "
                         "plots from DIR/results.json (no measuring)")
     args = parser.parse_args(argv)
