@@ -323,3 +323,32 @@ def test_versus_revision_times_a_revision_against_the_working_tree(tmp_path, cap
         cells = row.strip("|").split("|")
         then_ms, now_ms = float(cells[2]), float(cells[3])
         assert then_ms > 0 and now_ms > 0 and "x (" in cells[4]
+
+
+def test_compare_runs_gives_each_ratio_in_both_runs_and_their_difference(tmp_path, capsys):
+    from benchmarks import compare_runs
+
+    first = _synthetic_results()
+    second = _synthetic_results()
+    for r in second["records"]:
+        if r["framework"] == "jnn":  # jnn 10% slower in every round of the second run
+            r["round_step_ms"] = [v * 1.1 for v in r["round_step_ms"]]
+            r["step_ms"] *= 1.1
+    for r in first["records"] + second["records"]:
+        r["model"] = {"resmlp-2": "cnn", "resmlp-8": "cifar_cnn"}.get(r["model"], r["model"])
+    rows = compare_runs.ratio_differences(first["records"], second["records"])
+    assert {(r["model"], r["peer"]) for r in rows} == {
+        (m, p) for m in ("mlp", "cnn", "cifar_cnn") for p in ("flax", "torch")}
+    mlp_flax = [r for r in rows if r["model"] == "mlp" and r["peer"] == "flax"][0]
+    assert mlp_flax["first"] == (0.5, 0.5, 0.6)
+    assert abs(mlp_flax["difference"] - 0.1) < 1e-9
+    paths = []
+    for name, results in (("a.json", first), ("b.json", second)):
+        (tmp_path / name).write_text(json.dumps(results))
+        paths.append(str(tmp_path / name))
+    assert compare_runs.main(paths + ["--out", str(tmp_path / "cmp.md")]) == 0
+    text = (tmp_path / "cmp.md").read_text()
+    assert "| mlp | train | flax | 0.50x (0.50–0.60) | 0.55x (0.55–0.66) | +10% |" in text
+    assert "Largest difference: +10%" in text
+    assert compare_runs.main([str(tmp_path / "missing.json"), paths[1]]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -1,0 +1,80 @@
+"""Does a rerun reproduce a run's ratios? Per seed model, step and peer, jnn's step-time
+ratio (median of per-round ratios) in each of two results.json files and their difference.
+
+    python -m benchmarks.compare_runs RUN/results.json RERUN/results.json [--out FILE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from benchmarks import plan, report
+
+PEERS = ("flax", "nnx", "keras", "torch", "torch-compile")
+
+
+def ratio_differences(first: list[dict], second: list[dict]) -> list[dict]:
+    """For each seed model, step and peer present in both runs: jnn's ratio to the peer in
+    each run (median, min, max over rounds) and the relative difference of the medians."""
+    rows = []
+    for model in plan.SEED_MODELS:
+        for step in ("train", "eval"):
+            for peer in PEERS:
+                ratios = []
+                for records in (first, second):
+                    find = lambda fw: report._find(  # noqa: E731
+                        records, framework=fw, model=model, transform="jit", step=step)
+                    ratios.append(report.step_ratio(find("jnn"), find(peer)))
+                if None in ratios:
+                    continue
+                rows.append({"model": model, "step": step, "peer": peer, "first": ratios[0],
+                             "second": ratios[1],
+                             "difference": ratios[1][0] / ratios[0][0] - 1.0})
+    return rows
+
+
+def markdown(rows: list[dict], first: str, second: str) -> list[str]:
+    def fmt(r):
+        return f"{r[0]:.2f}x ({r[1]:.2f}–{r[2]:.2f})"
+
+    lines = [f"jnn's step-time ratio to each peer in `{first}` and in `{second}`, and the "
+             "second's median over the first's.", "",
+             "| model | step | jnn / | first | second | difference |",
+             "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['step']} | {r['peer']} | {fmt(r['first'])} | "
+                     f"{fmt(r['second'])} | {r['difference']:+.0%} |")
+    if rows:
+        worst = max(rows, key=lambda r: abs(r["difference"]))
+        lines += ["", f"Largest difference: {worst['difference']:+.0%} ({worst['model']} "
+                      f"{worst['step']}, jnn / {worst['peer']})."]
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_runs",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("first")
+    parser.add_argument("second")
+    parser.add_argument("--out", help="also write the table to this markdown file")
+    args = parser.parse_args(argv)
+    runs = []
+    for path in (args.first, args.second):
+        try:
+            with open(path) as f:
+                runs.append(json.load(f)["records"])
+        except (OSError, ValueError, KeyError) as err:
+            print(f"error: cannot read {path} as a results.json ({err})", file=sys.stderr)
+            return 2
+    text = "\n".join(markdown(ratio_differences(*runs), args.first, args.second)) + "\n"
+    print(text, end="")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
