@@ -290,7 +290,8 @@ def test_quick_smoke_on_the_smallest_model_writes_all_outputs(tmp_path):
     assert schema.results_problems(results) == [] and results["parameter_count_problems"] == []
     assert {r["framework"] for r in results["records"]} == set(frameworks.FRAMEWORKS)
     assert not [r for r in results["records"] if r.get("error")]
-    assert all(len(r["round_step_ms"]) == 3 for r in results["records"])  # --quick: 3 rounds
+    assert all(len(r["round_step_ms"]) == plan.QUICK_TIMING["rounds"]  # 5 with --quick
+               for r in results["records"])
     assert (tmp_path / "results.md").exists() and (tmp_path / "step_time.png").exists()
 
 
