@@ -239,3 +239,9 @@ def test_labels_out_of_range_are_rejected(labels, match):
 def test_unequal_array_lengths_are_rejected():
     with pytest.raises(ValueError, match="equal lengths"):
         data.ArraySource({"x": np.zeros(3), "y": np.zeros(4)})
+
+
+def test_pad_batch_turns_an_integer_mask_into_a_boolean_one():
+    padded = data.pad_batch({"y": np.arange(3), "mask": np.array([1, 0, 1])}, 5)
+    assert padded["mask"].dtype == bool
+    assert padded["mask"].tolist() == [True, False, True, False, False]

@@ -342,3 +342,76 @@ def test_a_sharded_steps_trace_lowers_and_compiles_to_the_step(rng):
     for a, b in zip(jax.tree.leaves(compiled(state, batch)),
                     jax.tree.leaves(eval_step(state, batch))):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_unreplicate_takes_the_first_replica_and_replicate_places_one_per_device():
+    tree = {"a": np.arange(3.0)}
+    replicated = parallel.replicate(tree)
+    assert replicated["a"].shape == (NUM_DEVICES, 3)
+    assert replicated["a"].sharding.spec == jax.sharding.PartitionSpec(parallel.PMAP_AXIS)
+    assert {s.device for s in replicated["a"].addressable_shards} == set(jax.local_devices())
+    differing = {"a": np.arange(NUM_DEVICES)[:, None] * np.ones(3)}  # replica k holds k
+    np.testing.assert_array_equal(parallel.unreplicate(differing)["a"], [0, 0, 0])
+
+
+def test_pmap_train_step_donates_the_state(rng):
+    state = parallel.replicate(_state(MODELS["cnn"], axis_name=parallel.PMAP_AXIS))
+    step = parallel.pmap_train_step(jnn.make_train_step(axis_name=parallel.PMAP_AXIS))
+    kernel = state.params["Dense_0"]["kernel"]
+    new_state, _ = step(state, parallel.split_batch(_batches(1)[0]))
+    assert kernel.is_deleted() and not new_state.params["Dense_0"]["kernel"].is_deleted()
+
+
+def test_make_mesh_uses_the_devices_it_is_given():
+    assert parallel.make_mesh(jax.devices()[:2]).devices.tolist() == jax.devices()[:2]
+    assert parallel.make_mesh().devices.size == NUM_DEVICES
+
+
+def test_state_shardings_accept_plain_python_numbers_as_leaves():
+    mesh = parallel.make_mesh()
+    shardings = parallel.state_shardings({"lr": 0.1, "w": np.zeros((8, 1024))}, mesh, fsdp=True)
+    assert shardings["lr"].spec == jax.sharding.PartitionSpec()
+    assert shardings["w"].spec == jax.sharding.PartitionSpec(None, "data")
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_a_sharded_step_is_compiled_for_the_state_and_batch_shardings_it_promises(fsdp):
+    mesh = parallel.make_mesh()
+    state = parallel.shard_state(_state(MODELS["cnn"]), mesh, fsdp=fsdp)
+    batch = parallel.shard_batch(_batches(1)[0], mesh)
+    assert batch["x"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert {s.data.shape[0] for s in batch["x"].addressable_shards} == {32 // NUM_DEVICES}
+    if fsdp:  # the (288, 128) kernel is split; the rest is under min_size
+        assert state.params["Dense_0"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(
+            "data", None)
+    for make, returns_state in ((jnn.make_train_step, True), (jnn.make_eval_step, False)):
+        # lowered for host arrays: the shardings come from jit_sharded, not the arguments
+        host_state, host_batch = jax.device_get(state), _batches(1)[0]
+        compiled = parallel.jit_sharded(make(), state, mesh, fsdp=fsdp).lower(
+            host_state, host_batch).compile()
+        (state_in, batch_in), _ = compiled.input_shardings
+        every = lambda tree: jax.tree.leaves(tree, is_leaf=lambda x: x is None)  # noqa: E731
+        leaves = every(state)  # None: no loss scale
+        assert len(every(state_in)) == len(leaves)
+        for got, leaf in zip(every(state_in), leaves):  # None: an input the step never reads
+            assert got is None or got.is_equivalent_to(leaf.sharding, leaf.ndim), got
+        assert batch_in["x"].is_equivalent_to(parallel.batch_sharding(mesh), 4)
+        outputs = compiled.output_shardings
+        metrics_out = outputs[1] if returns_state else outputs
+        assert all(s.is_fully_replicated for s in jax.tree.leaves(metrics_out))
+        if returns_state:
+            assert len(every(outputs[0])) == len(leaves)
+            for got, leaf in zip(every(outputs[0]), leaves):
+                assert leaf is None or got.is_equivalent_to(leaf.sharding, leaf.ndim), got
+
+
+def test_a_sharded_train_step_without_donation_leaves_the_state_usable():
+    mesh = parallel.make_mesh()
+    state = parallel.shard_state(_state(MODELS["cnn"]), mesh)
+    batch = parallel.shard_batch(_batches(1)[0], mesh)
+    kept = parallel.jit_sharded(jnn.make_train_step(), state, mesh, donate=False)
+    kept(state, batch)
+    assert not state.params["Dense_0"]["kernel"].is_deleted()
+    donated = parallel.jit_sharded(jnn.make_train_step(), state, mesh)
+    donated(state, batch)
+    assert state.params["Dense_0"]["kernel"].is_deleted()
