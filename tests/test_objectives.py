@@ -296,6 +296,10 @@ def test_binary_accuracy_is_the_share_of_an_examples_outputs_on_the_right_side_o
     hits, count = metrics["accuracy"]
     np.testing.assert_allclose(hits, 1.0 + 1.0 / 3.0, rtol=1e-6)  # 3/3, then 1/3
     assert float(count) == 2.0
+    _, _, masked = jnn.objectives.get("binary_cross_entropy")(
+        outputs, {"y": labels, "mask": np.array([False, True])})
+    np.testing.assert_allclose(masked["accuracy"][0], 1.0 / 3.0, rtol=1e-6)  # the second only
+    assert float(masked["accuracy"][1]) == 1.0
 
 
 def test_binary_ensemble_logits_stay_finite_when_every_member_is_certain():

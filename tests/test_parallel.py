@@ -315,7 +315,8 @@ def test_fsdp_splits_the_largest_divisible_axis_of_arrays_from_min_size_on():
     assert specs["none"] == jax.sharding.PartitionSpec()  # neither axis divides
     assert parallel.state_shardings({"t": np.zeros((7, 17))}, mesh, fsdp=True,
                                     min_size=120)["t"].spec == jax.sharding.PartitionSpec()
-    replicated = parallel.state_shardings(leaves, mesh)  # without fsdp: all replicated
+    big = {**leaves, "big": np.zeros((8, 1024))}
+    replicated = parallel.state_shardings(big, mesh)  # without fsdp: all replicated
     assert all(s.spec == jax.sharding.PartitionSpec() for s in replicated.values())
 
 
