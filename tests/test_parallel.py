@@ -416,3 +416,29 @@ def test_a_sharded_train_step_without_donation_leaves_the_state_usable():
     donated = parallel.jit_sharded(jnn.make_train_step(), state, mesh)
     donated(state, batch)
     assert state.params["Dense_0"]["kernel"].is_deleted()
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_a_sharded_step_places_its_outputs_as_promised_whatever_it_computes(fsdp):
+    # outputs XLA alone would place otherwise: per-example values (split over "data" by
+    # the batch) and parameters made afresh rather than from the sharded inputs
+    mesh = parallel.make_mesh()
+    state = parallel.shard_state(_state(MODELS["cnn"]), mesh, fsdp=fsdp)
+    batch = parallel.shard_batch(_batches(1)[0], mesh)
+
+    def per_example(s, b):
+        return {"score": (b["x"].reshape(32, -1).sum(1), jnp.ones(32))}
+
+    def reset(s, b):
+        fresh = jax.tree.map(lambda p: jnp.full(p.shape, 0.5, p.dtype), s.params)
+        return s.replace(params=fresh), per_example(s, b)
+
+    scores = parallel.jit_sharded(per_example, state, mesh, fsdp=fsdp)(state, batch)
+    assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(scores))
+    expected = jax.tree.leaves(parallel.state_shardings(state, mesh, fsdp=fsdp))
+    step = parallel.jit_sharded(reset, state, mesh, fsdp=fsdp)
+    for _ in range(2):  # the second call takes the first one's output as it is
+        state, metrics = step(state, batch)
+        for leaf, sharding in zip(jax.tree.leaves(state), expected):
+            assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (leaf.shape, leaf.sharding)
+        assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(metrics))

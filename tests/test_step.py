@@ -214,3 +214,28 @@ def test_a_callable_loss_is_accepted_and_a_bad_loss_is_rejected(rng):
         jnn.make_train_step(3)
     with pytest.raises(ValueError, match="unknown objective 'hinge'"):
         jnn.make_train_step("hinge")
+
+
+class _MergedModeNet(nn.Module):
+    """Flax's idiom for a mode set at construction or at call time (nn.merge_param): a
+    call that passes train=None where False is meant fails."""
+    train: bool | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool | None = None):
+        train = nn.merge_param("train", self.train, train)
+        x = nn.Dense(10)(x.reshape((x.shape[0], -1)))
+        return nn.Dropout(0.5, deterministic=not train)(x)
+
+
+def test_eval_and_predict_pass_train_false_to_a_module_that_merges_its_mode(rng):
+    b = _batches(rng, 1)[0]
+    state = jnn.create_train_state(_MergedModeNet(), optax.sgd(0.1), jax.random.PRNGKey(0),
+                                   b["x"])
+    logits = _MergedModeNet().apply({"params": state.params}, b["x"], train=False)
+    np.testing.assert_allclose(jnn.predict(state, b), logits, rtol=1e-6)
+    metrics = jax.jit(jnn.make_eval_step())(state, b)
+    expected = optax.softmax_cross_entropy_with_integer_labels(logits, b["y"]).sum()
+    np.testing.assert_allclose(metrics["loss"][0], expected, rtol=1e-5)
+    _, train_metrics = jax.jit(jnn.make_train_step())(state, b)  # train=True: dropout on
+    assert not np.isclose(float(train_metrics["loss"][0]), float(expected), rtol=1e-3)

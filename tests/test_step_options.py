@@ -1,6 +1,8 @@
 """Options that change how the step runs, not what it computes: microbatches, compute dtype,
 loss scaling; and a state created already sharded."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,7 +122,9 @@ def test_float16_needs_a_loss_scale(rng):
     batch = _batch(rng)
     state = jnn.create_train_state(jnn.models.get("mlp"), optax.sgd(0.1), jax.random.PRNGKey(0),
                                    batch["x"])
-    with pytest.raises(ValueError, match="loss_scale=jnn.precision.DynamicLossScale.create"):
+    message = ("float16 compute needs loss scaling: create the state with create_train_state"
+               "(..., loss_scale=jnn.precision.DynamicLossScale.create())")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         jnn.make_train_step(compute_dtype="float16")(state, batch)
 
 
@@ -228,3 +232,57 @@ def test_skip_nonfinite_keeps_the_state_of_a_nan_step_and_counts_it(rng, skip):
         assert metrics["skipped"] == (0.0, 1.0) and metrics["loss"][1] == 16
     else:
         assert not finite and "skipped" not in metrics
+
+
+# ------------------------------------------- microbatches with dropout and matrices
+def test_microbatches_draw_each_slices_dropout_masks_from_the_step_key_and_slice(rng):
+    model = jnn.models.get("mlp", hidden_sizes=(32,), dropout_rate=0.5)
+    batch = _batch(rng)
+    state = jnn.create_train_state(model, optax.sgd(0.5), jax.random.PRNGKey(3), batch["x"])
+    state = state.replace(step=jnp.asarray(5, state.step.dtype))  # a step key that is not 0's
+    new_state, _ = jax.jit(jnn.make_train_step(microbatches=2))(state, batch)
+
+    # by hand: slice i of 8 examples draws its masks from fold_in(fold_in(rng, step), i)
+    step_key = jax.random.fold_in(state.rng, 5)
+
+    def loss_sum(params, micro, key):
+        logits, _ = state.model.apply(params, {}, micro, train=True, rng=key)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, micro["y"]).sum()
+
+    grads = [jax.grad(loss_sum)(state.params, {k: v[8 * i:8 * i + 8] for k, v in batch.items()},
+                                jax.random.fold_in(step_key, i)) for i in range(2)]
+    expected = jax.tree.map(lambda p, g0, g1: p - 0.5 * (g0 + g1) / 16, state.params, *grads)
+    _close(new_state.params, expected, rtol=1e-5, atol=1e-6)
+    dropped = jax.jit(jnn.make_train_step())(state, batch)[0]  # one key for the whole batch
+    assert not np.allclose(dropped.params["Dense_0"]["kernel"], expected["Dense_0"]["kernel"])
+
+
+def test_microbatches_add_up_a_confusion_matrix_cell_by_cell(rng):
+    objective = jnn.objectives.get("cross_entropy", confusion_matrix=True)
+    batch = _batch(rng, size=32, classes=4)
+    batch["mask"] = np.arange(32) < 27
+    model = jnn.models.get("mlp", num_outputs=4)
+    state = jnn.create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), batch["x"])
+    _, whole = jax.jit(jnn.make_train_step(objective))(state, batch)
+    _, micro = jax.jit(jnn.make_train_step(objective, microbatches=4))(state, batch)
+    assert np.shape(micro["confusion_matrix"][0]) == (4, 4)
+    _close(micro, whole, rtol=1e-5, atol=1e-5)
+    assert float(np.sum(micro["confusion_matrix"][0])) == 27
+
+
+# ------------------------------------------------------------ evaluation precision
+def test_an_eval_step_computes_in_its_compute_dtype(rng):
+    batch = _batch(rng, size=64)
+    state = jnn.create_train_state(jnn.models.get("mlp"), optax.sgd(0.1), jax.random.PRNGKey(0),
+                                   batch["x"])
+    bf16 = jax.jit(jnn.make_eval_step(compute_dtype="bfloat16"))(state, batch)
+    f32 = jax.jit(jnn.make_eval_step())(state, batch)
+    # by hand: bfloat16 parameters and inputs, float32 logits into the loss
+    cast = lambda tree: jax.tree.map(lambda v: v.astype(jnp.bfloat16), tree)  # noqa: E731
+    logits, _ = state.model.apply(cast(state.params), {}, {"x": cast(batch["x"])}, train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                             batch["y"])
+    np.testing.assert_allclose(bf16["loss"][0], losses.sum(), rtol=1e-6)
+    # float32's loss is 30x further from it than the tolerance above
+    assert abs(float(bf16["loss"][0]) - float(f32["loss"][0])) > 30 * 1e-6 * float(losses.sum())
+    assert {leaf.dtype for leaf in jax.tree.leaves(bf16)} == {jnp.dtype(jnp.float32)}
