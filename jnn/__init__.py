@@ -9,14 +9,14 @@
     jnn.summarize(jnn.sum_metrics([metrics]))            # {"loss": ..., "accuracy": ...}
 
 The public API is the list below: the state, the steps, objectives, metrics, the model
-adapter, optimizers, and the modules parallel, ensemble, per_example, dp_sgd,
-precision, models and data.
+adapter, optimizers, and the modules parallel, multistep (several steps per compiled
+call), ensemble, per_example, dp_sgd, precision, models and data.
 """
 
 import importlib
 
-from jnn import (dp_sgd, ensemble, losses, metrics, models, objectives, parallel, per_example,
-                 precision)
+from jnn import (dp_sgd, ensemble, losses, metrics, models, multistep, objectives, parallel,
+                 per_example, precision)
 from jnn.metrics import sum_metrics, summarize
 from jnn.model import LinenModel, NNXModel, as_model, from_linen, from_nnx
 from jnn.optim import make_optimizer, make_schedule, optimizer_names, schedule_names
@@ -44,7 +44,7 @@ __all__ = [
     "objectives", "losses", "metrics", "sum_metrics", "summarize", "make_optimizer",
     "make_schedule", "optimizer_names", "schedule_names",
     # transforms and training variants
-    "parallel", "ensemble", "per_example", "dp_sgd", "precision",
+    "parallel", "multistep", "ensemble", "per_example", "dp_sgd", "precision",
     # data (imported on first use)
     "data",
 ]

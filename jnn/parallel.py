@@ -46,21 +46,30 @@ def unreplicate(tree):
     return jax.tree.map(lambda x: x[0], tree)
 
 
-def split_batch(batch: dict, num_devices: int | None = None) -> dict:
+def split_batch(batch: dict, num_devices: int | None = None, *, batch_axis: int = 0) -> dict:
     """(B, ...) host arrays -> (num_devices, B / num_devices, ...) for pmap.
+
+    With `batch_axis=1` (a stack of batches for jnn.multistep, (K, B, ...)), the result
+    is (num_devices, K, B / num_devices, ...).
 
     Raises:
       ValueError: B does not divide over the devices (the message gives the nearest
         batch sizes that do).
     """
     n = num_devices or jax.local_device_count()
-    size = _batch_size(batch)
+    size = _batch_size(batch, batch_axis)
     check_divisible(size, n)
-    return {k: np.reshape(v, (n, size // n, *np.shape(v)[1:])) for k, v in batch.items()}
+
+    def split(v):
+        shape = np.shape(v)
+        v = np.reshape(v, (*shape[:batch_axis], n, size // n, *shape[batch_axis + 1:]))
+        return np.moveaxis(v, batch_axis, 0)
+
+    return {k: split(v) for k, v in batch.items()}
 
 
-def _batch_size(batch: dict) -> int:
-    return int(np.shape(jax.tree.leaves(batch)[0])[0])
+def _batch_size(batch: dict, batch_axis: int = 0) -> int:
+    return int(np.shape(jax.tree.leaves(batch)[0])[batch_axis])
 
 
 def nearest_divisible_sizes(batch_size: int, num_devices: int) -> list[int]:
@@ -94,9 +103,10 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(devices, (DATA_AXIS,))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over "data"; the rest replicated."""
-    return NamedSharding(mesh, P(DATA_AXIS))
+def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
+    """The batch axis (the leading one; 1 for a (K, B, ...) stack of batches) split over
+    "data"; the rest replicated."""
+    return NamedSharding(mesh, P(*[None] * batch_axis, DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -140,27 +150,30 @@ def shard_state(state, mesh: Mesh, *, fsdp: bool = False):
     return jax.device_put(private, state_shardings(state, mesh, fsdp=fsdp))
 
 
-def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
+def shard_batch(local_batch: dict, mesh: Mesh, *, batch_axis: int = 0) -> dict:
     """Makes global arrays split over "data" from this process's rows of the global batch.
 
     On one process `local_batch` is the whole batch. With several processes each passes
     its own contiguous slice (process p holds rows p*b .. p*b + b - 1, see
-    `process_slice`), and the result is the global batch of all processes.
+    `process_slice`), and the result is the global batch of all processes. `batch_axis`
+    is 1 for a (K, B, ...) stack of batches (jnn.multistep).
     """
-    sharding = batch_sharding(mesh)
+    sharding = batch_sharding(mesh, batch_axis)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in local_batch.items()}
 
 
 def process_slice(global_batch: dict, process_index: int | None = None,
-                  process_count: int | None = None) -> dict:
-    """This process's contiguous share of a global host batch (all of it on one process)."""
+                  process_count: int | None = None, *, batch_axis: int = 0) -> dict:
+    """This process's contiguous share of a global host batch (all of it on one process);
+    the rows are taken along `batch_axis` (1 for a (K, B, ...) stack of batches)."""
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
-    size = _batch_size(global_batch)
+    size = _batch_size(global_batch, batch_axis)
     check_divisible(size, count)
     per = size // count
-    return {k: v[index * per:(index + 1) * per] for k, v in global_batch.items()}
+    rows = (slice(None),) * batch_axis + (slice(index * per, (index + 1) * per),)
+    return {k: v[rows] for k, v in global_batch.items()}
 
 
 def create_sharded_train_state(module, tx, rng, sample, mesh: Mesh, *, fsdp: bool = False,
@@ -190,15 +203,17 @@ class ShardedStep:
     `(state, batch) -> metrics` never does.
     """
 
-    def __init__(self, step: Callable, shardings, mesh: Mesh, donate: bool):
+    def __init__(self, step: Callable, shardings, mesh: Mesh, donate: bool,
+                 batch_axis: int = 0):
         self._step, self._shardings, self._mesh, self._donate = step, shardings, mesh, donate
+        self._batch_axis = batch_axis
         self._jitted = None
 
     def _build(self, state, batch):
         out = jax.eval_shape(self._step, state, batch)
         returns_state = (isinstance(out, tuple) and len(out) == 2
                          and jax.tree.structure(out[0]) == jax.tree.structure(state))
-        in_shardings = (self._shardings, batch_sharding(self._mesh))
+        in_shardings = (self._shardings, batch_sharding(self._mesh, self._batch_axis))
         if returns_state:
             self._jitted = jax.jit(self._step, in_shardings=in_shardings,
                                    out_shardings=(self._shardings, replicated(self._mesh)),
@@ -219,9 +234,10 @@ class ShardedStep:
 
 
 def jit_sharded(step: Callable, state, mesh: Mesh, *, fsdp: bool = False,
-                donate: bool = True) -> ShardedStep:
+                donate: bool = True, batch_axis: int = 0) -> ShardedStep:
     """jax.jit of a single-device step `(state, batch) -> (state, metrics)` or
     `(state, batch) -> metrics` with explicit shardings: state as `state_shardings`,
-    batch split over "data", metrics replicated. A train step donates the state when
-    `donate`; an eval step never does."""
-    return ShardedStep(step, state_shardings(state, mesh, fsdp=fsdp), mesh, donate)
+    batch split over "data" along `batch_axis` (1 for jnn.multistep's (K, B, ...)
+    stacks), metrics replicated. A train step donates the state when `donate`; an eval
+    step never does."""
+    return ShardedStep(step, state_shardings(state, mesh, fsdp=fsdp), mesh, donate, batch_axis)

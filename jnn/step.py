@@ -14,7 +14,8 @@ means).
 The steps are plain functions: apply jax.jit, jax.vmap, jax.pmap or sharded jit at the
 call site. Options that change how the step runs, not what it computes:
 - axis_name: the mapped axis of pmap / shard_map. Gradients and metrics are summed
-  over it (the gradient is the exact global-batch mean) and the model state averaged.
+  over it (the gradient is the exact global-batch mean) and the model state averaged,
+  each device weighted by its real units.
 - microbatches=k: the batch is split into k slices run one after another in a
   lax.scan, with gradients summed exactly (k times smaller activation peak).
 - compute_dtype: bfloat16 or float16 forward and backward pass (see jnn.precision).
@@ -67,6 +68,22 @@ def forward(state: TrainState, params, model_state, batch: Batch, objective: Obj
         units["count"] = int(unit_losses.size)
     loss_sum = (unit_losses.astype(jnp.float32) * weights).sum()
     return (loss_sum, weights.sum(), metrics), outputs, new_model_state
+
+
+def _average_over_devices(model_state, weight, axis_name: str):
+    """Each device's model state (BatchNorm statistics of its rows) averaged over the
+    devices, weighted by its share of the real units: a device holding only padding
+    counts for nothing, and its empty statistics (0/0) never reach the others."""
+    total = jax.lax.psum(weight, axis_name)
+
+    def average(x):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return jax.lax.pmean(x, axis_name)
+        weighted = jax.lax.psum(jnp.where(weight > 0, x, 0.0) * weight, axis_name)
+        return jnp.where(total > 0, weighted / jnp.maximum(total, 1e-30),
+                         jax.lax.pmean(x, axis_name)).astype(x.dtype)
+
+    return jax.tree.map(average, model_state)
 
 
 def _keep_unless(condition, new, old):
@@ -146,8 +163,8 @@ def make_train_step(objective: str | Objective = "cross_entropy", *,
             loss_sum, weight_sum, metrics = jax.tree.map(lambda x: x.sum(0), per_micro)
         metrics = {"loss": (loss_sum, weight_sum), **metrics}
         if axis_name is not None:
+            model_state = _average_over_devices(model_state, weight_sum, axis_name)
             grads, weight_sum, metrics = jax.lax.psum((grads, weight_sum, metrics), axis_name)
-            model_state = jax.lax.pmean(model_state, axis_name)
         if state.loss_scale is not None:
             grads = jax.tree.map(lambda g: g * (units["count"] / scale), grads)
         grads = jax.tree.map(lambda g: g / jnp.maximum(weight_sum, 1.0), grads)

@@ -15,6 +15,7 @@ import dataclasses
 import flax.linen as nn
 
 from jnn.models.activations import activation_names, get_activation
+from jnn.models.batch_norm import BatchNorm
 from jnn.models.cnn import CNN, CifarCNN
 from jnn.models.dropout import Dropout
 from jnn.models.initializers import get_initializer, initializer_names
@@ -66,6 +67,6 @@ def get(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
-    "CNN", "CifarCNN", "Dropout", "MLP", "ResMLP", "activation_names", "fields", "get", "get_activation",
+    "BatchNorm", "CNN", "CifarCNN", "Dropout", "MLP", "ResMLP", "activation_names", "fields", "get", "get_activation",
     "get_initializer", "initializer_names", "max_pool_2x2", "names", "register",
 ]

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jnn.models.activations import get_activation
+from jnn.models.batch_norm import BatchNorm
 from jnn.models.dropout import Dropout
 from jnn.models.initializers import get_initializer
 from jnn.models.pooling import max_pool_2x2
@@ -46,11 +47,9 @@ class CNN(nn.Module):
         # which Adam would amplify into full-size steps. BatchNorm's own bias replaces it.
         x = nn.Conv(self.features, (3, 3), padding="VALID", use_bias=not self.batch_norm,
                     **layer)(x)
-        if self.batch_norm:
-            rows = None if mask is None else jnp.broadcast_to(
-                mask.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
-            x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name,
-                             dtype=self.dtype, param_dtype=self.param_dtype)(x, mask=rows)
+        if self.batch_norm:  # statistics of the real rows of the global batch
+            x = BatchNorm(use_running_average=not train, axis_name=self.axis_name,
+                          dtype=self.dtype, param_dtype=self.param_dtype)(x, mask=mask)
         x = act(x)
         x = max_pool_2x2(x)  # (B, H', W', features)
         x = x.reshape((x.shape[0], -1))
