@@ -210,6 +210,8 @@ def test_a_misspelt_schedule_field_is_refused_with_the_fix():
     ({"early_stopping_min_delta": -0.1}, "early_stopping_min_delta must be >= 0"),
     ({"checkpoint_every_steps": -1}, "checkpoint_every_steps must be >= 0"),
     ({"max_to_keep": 0}, "max_to_keep must be >= 1"),
+    ({"steps_per_call": 0}, "steps_per_call must be >= 1, got 0 (--set steps_per_call=8)"),
+    ({"steps_per_call": 2.5}, "steps_per_call must be an integer, got 2.5"),
     ({"skip_nonfinite": 1}, "skip_nonfinite must be true or false"),
     ({"ensemble": 0}, "ensemble must be >= 1"),
     ({"per_device_batch_size": -8}, "per_device_batch_size must be >= 0"),

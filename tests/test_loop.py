@@ -66,13 +66,18 @@ def test_after_the_first_epoch_nothing_compiles(tmp_path, compile_counter):
     assert len(epochs_done) == 3 and compile_counter.count == 0, compile_counter.names
 
 
-def test_a_default_run_compiles_one_train_and_one_eval_program(tmp_path, compile_counter):
+@pytest.mark.parametrize("steps_per_call", [None, 1, 8])  # None: the config's default
+def test_a_default_run_compiles_one_train_and_one_eval_program(tmp_path, compile_counter,
+                                                                steps_per_call):
     compile_counter.counting = True
     config = configs.get_config("digits_cnn")
     config.update({"epochs": 2, "checkpoint_every_steps": 20})
+    if steps_per_call is not None:  # 8: calls of 8, 8, 4 (a checkpoint due), 8, ... steps
+        config.steps_per_call = steps_per_call
     train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
+    train = "jit(train_step)" if config.steps_per_call == 1 else "jit(multi_step)"
     steps = [name for name in compile_counter.names if name and name.endswith("_step)")]
-    assert sorted(steps) == ["jit(eval_step)", "jit(train_step)"], compile_counter.names
+    assert sorted(steps) == ["jit(eval_step)", train], compile_counter.names
 
 
 def test_a_compile_after_the_first_epoch_is_reported_with_its_cause(tmp_path, monkeypatch):

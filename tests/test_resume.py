@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow  # end-to-end harness runs
 def _config(**fields):
     config = configs.get_config("digits_mlp")
     config.update({"epochs": 3, "batch_size": 64, "checkpoint_every_steps": 5,
-                   "parallel": "none", **fields})
+                   "parallel": "none", "steps_per_call": 1, **fields})
     config.model_kwargs.hidden_sizes = (32,)
     return config
 
@@ -39,20 +39,22 @@ def _run(config, workdir, **kwargs):
 
 
 def _with_step_hook(monkeypatch, hook=None, after=None):
-    """Calls hook(call_index, batch) -> batch before each train step and after(call_index,
-    runner) after it (call indices from 0)."""
+    """Calls hook(step_index, batch) -> batch before each train step and after(step_index,
+    runner) after the call that ran it (indices of this process's steps, from 0)."""
     build = runner_lib.build_runner
 
     def build_with_hook(*args, **kwargs):
         runner = build(*args, **kwargs)
         train, calls = runner.train, [0]
 
-        def hooked(batch):
-            index = calls[0]
-            calls[0] += 1
-            metrics = train(hook(index, batch) if hook else batch)
+        def hooked(batches):
+            first = calls[0]
+            calls[0] += len(batches)
+            if hook:
+                batches = [hook(first + j, b) for j, b in enumerate(batches)]
+            metrics = train(batches)
             if after:
-                after(index, runner)
+                after(calls[0] - 1, runner)
             return metrics
 
         runner.train = hooked
@@ -122,6 +124,39 @@ def test_an_interrupted_run_resumed_equals_an_uninterrupted_one_bit_for_bit(
     for mine, theirs in zip(records, whole["history"]):
         assert mine["val_loss"] == theirs["val_loss"]
         assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-12)
+
+
+def test_several_steps_per_call_stop_resume_and_end_as_one_step_per_call(
+        tmp_path, monkeypatch, uninterrupted):
+    # 18 steps an epoch, checkpoints every 5: calls of up to 4 steps end at 4, 5, 9, 10, 14,
+    # 15, 18 (the epoch's end), 20, 24, ... steps done, so a SIGTERM during the step that
+    # makes 24 (hook index 23) stops after that call.
+    config = _config(steps_per_call=4)
+    with monkeypatch.context() as patch:
+        _signal_at(patch, 23)
+        with pytest.raises(loop.RunInterrupted, match="stopped by SIGTERM at step 24"):
+            _run(config, tmp_path)
+    steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+    assert steps == [18, 20, 24]  # the same checkpoint steps as one step per call
+    summary, lines = _run(config, tmp_path)
+    assert "resumed from step 24" in lines
+    whole, whole_params = uninterrupted
+    for a, b in zip(_final_params(summary, config), whole_params):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert summary["steps"] == whole["steps"]
+    assert summary["test_loss"] == pytest.approx(whole["test_loss"], rel=1e-6)
+    for mine, theirs in zip(summary["history"], whole["history"]):
+        assert mine["step"] == theirs["step"]
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
+
+
+def test_a_nan_inside_a_call_of_several_steps_is_named_by_its_own_step(tmp_path, monkeypatch):
+    k = 7  # the 8th step, inside the call that makes steps 6-9
+    _with_step_hook(monkeypatch, _nan_inputs_at(k))
+    with pytest.raises(loop.NonFiniteLoss, match=f"loss of step {k} .epoch 1, batch {k}. is not "
+                       "finite; the last good checkpoint is at step 5"):
+        _run(_config(epochs=1, steps_per_call=4), tmp_path)
+    assert RunCheckpoints(str(tmp_path), max_to_keep=3).latest_step() == 5
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, monkeypatch):

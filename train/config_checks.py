@@ -62,6 +62,7 @@ RANGES = {  # top-level numbers (None passes where the field is optional)
     "weight_decay": _at_least(0, 1e-4),
     "clip_norm": _positive(1.0),
     "batch_size": _at_least(1, 32), "epochs": _at_least(1, 10), "microbatches": _at_least(1),
+    "steps_per_call": _at_least(1, 8),
     "early_stopping_patience": _at_least(0, 5), "early_stopping_min_delta": _at_least(0),
     "seed": _at_least(0),
     "checkpoint_every_steps": _at_least(0, 500), "max_to_keep": _at_least(1, 3),

@@ -4,9 +4,10 @@
 Read top to bottom: input pipeline, reporting, the workdir, the loop, the summary. The
 position of a run is its step; the epoch and the batch within it are derived from it,
 so a run resumed from a checkpoint at any step goes on with the same batches and ends
-as an uninterrupted run would. Per-step metrics stay on the device and are fetched when
-the epoch ends or a checkpoint is saved; the only per-step host work is producing the
-next batch. With several processes, every process runs this loop on the same global
+as an uninterrupted run would. One call of the compiled train step runs
+`steps_per_call` steps (jnn.multistep), with the same results. Per-step metrics stay
+on the device and are fetched when the epoch ends or a checkpoint is saved; the only
+per-step host work is producing the next batch. With several processes, every process runs this loop on the same global
 batch order and feeds its own rows; only process 0 prints and writes files (orbax
 coordinates the checkpoint writes of all processes).
 """
@@ -264,6 +265,22 @@ def _last_good(checkpoints, before_step: int) -> str:
     return f"the last good checkpoint is at step {good[-1]}; " if good else ""
 
 
+def step_groups(batches, first_step: int, steps_per_call: int, checkpoint_every: int):
+    """The batches of an epoch (from step `first_step` on) in groups of up to
+    `steps_per_call` consecutive steps, one group per call of the train step. A group
+    ends where a checkpoint is due (a multiple of `checkpoint_every`, 0: never), so
+    checkpoints fall on the same steps whatever steps_per_call is."""
+    group, step = [], first_step
+    for batch in batches:
+        group.append(batch)
+        step += 1
+        if len(group) == steps_per_call or (checkpoint_every and step % checkpoint_every == 0):
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def _first_nonfinite(step_metrics: list, first_step: int) -> int | None:
     """The step whose loss is not finite first, among host metrics of consecutive steps."""
     for i, metrics in enumerate(step_metrics):
@@ -360,14 +377,17 @@ def _train_and_evaluate(config, workdir, progress, log, restart, opened: list,
         checkpoints.save(run["step"], state, {**run, "epoch_sums": _sums_to_json(epoch_sums)},
                          best=best)
 
-    pending = []  # per-step metrics on the device since the last flush
+    pending = []  # (device metrics, steps) of each train call since the last flush
 
     def flush() -> None:
         """Adds the pending step metrics to the epoch's sums; stops on a non-finite loss."""
         nonlocal epoch_sums
         if not pending:
             return
-        first, host = run["step"] - len(pending), jax.device_get(pending)  # one transfer
+        fetched = jax.device_get([metrics for metrics, _ in pending])  # one transfer
+        host = [m for got, (_, steps) in zip(fetched, pending)
+                for m in runner.per_step(got, steps)]
+        first = run["step"] - len(host)
         if not config["skip_nonfinite"]:
             bad = _first_nonfinite(host, first)
             if bad is not None:
@@ -386,15 +406,16 @@ def _train_and_evaluate(config, workdir, progress, log, restart, opened: list,
         with StopRequests() as stop:
             while run["step"] < total_steps and not (run["finished"] or run["stopped_early"]):
                 epoch, index = divmod(run["step"], steps_per_epoch)
-                for batch in make_batches(config, dataset, "train", epoch)[index:]:
-                    pending.append(runner.train(batch))
-                    run["step"] += 1
-                    bar.update()
+                batches = make_batches(config, dataset, "train", epoch)[index:]
+                for group in step_groups(batches, run["step"], runner.steps_per_call, every):
+                    pending.append((runner.train(group), len(group)))
+                    run["step"] += len(group)
+                    bar.update(len(group))
                     if time_to_first_step is None:
-                        jax.block_until_ready(pending[-1])
+                        jax.block_until_ready(pending[-1][0])
                         time_to_first_step = time.perf_counter() - start
                     at_epoch_end = run["step"] % steps_per_epoch == 0
-                    stopping = stop.requested(run["step"])  # every process, every step
+                    stopping = stop.requested(run["step"], len(group))  # every call
                     due = every and run["step"] % every == 0
                     if (due or stopping) and not at_epoch_end:
                         flush()

@@ -84,15 +84,32 @@ class Runner:
     mode: str  # "none", "shard" or "pmap"
     devices: int
     state: Any
-    train_step: Callable  # (state, placed batch) -> (state, metrics), compiled
+    train_step: Callable  # (state, placed batches) -> (state, metrics), compiled
     eval_step: Callable  # (state, placed batch) -> metrics, compiled
-    place: Callable[[dict], Any]  # a host global batch -> the step's batch argument
+    place: Callable[[dict], Any]  # a host global batch -> the eval step's batch argument
+    place_steps: Callable[[dict], Any]  # a host (K, B, ...) stack -> the train step's
     reduce: Callable[[dict], dict]  # summed metrics -> plain sums (pmap: one replica)
     timings: dict
+    steps_per_call: int = 1  # K: train steps run by one call of the compiled train step
 
-    def train(self, batch: dict):
-        self.state, metrics = self.train_step(self.state, self.place(batch))
+    def train(self, batches: list[dict]):
+        """Runs one train step per batch (1 to steps_per_call of them) in one call; returns
+        the device metrics, which `per_step` splits once they are on the host."""
+        if self.steps_per_call == 1:
+            (batch,) = batches
+            self.state, metrics = self.train_step(self.state, self.place(batch))
+            return metrics
+        stacked = jnn.multistep.stack_batches(batches, self.steps_per_call)
+        self.state, metrics = self.train_step(self.state, self.place_steps(stacked))
         return metrics
+
+    def per_step(self, host_metrics, steps: int) -> list[dict]:
+        """The metrics of each of the `steps` steps of one `train` call (host arrays)."""
+        if self.steps_per_call == 1:
+            return [host_metrics]
+        if self.mode == "pmap":  # (devices, K, ...): steps on the second axis
+            return [jax.tree.map(lambda v: v[:, i], host_metrics) for i in range(steps)]
+        return jnn.multistep.unstack_metrics(host_metrics, steps)
 
     def evaluate(self, batch: dict):
         return self.eval_step(self.state, self.place(batch))
@@ -157,6 +174,8 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
     """
     mode = resolve_parallel(config)
     batch_size = global_batch_size(config)
+    k = config["steps_per_call"]
+    axis = 1 if k > 1 else 0  # the batch axis of what the train step takes: (K, B, ...)
     identity = lambda sums: sums  # noqa: E731
     if mode in ("none", "shard"):  # one sharded-jit path: a single device is a mesh of one
         if mode == "shard":
@@ -164,27 +183,41 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
         mesh = parallel.make_mesh(jax.local_devices()[:1] if mode == "none" else None)
         state = make_state(config, dataset, mesh=mesh)
         train_fn, eval_fn = _steps(config, dataset)
-        train_jit = parallel.jit_sharded(train_fn, state, mesh, fsdp=config["fsdp"])
+        if k > 1:
+            train_fn = jnn.multistep.scan_steps(train_fn)
+        train_jit = parallel.jit_sharded(train_fn, state, mesh, fsdp=config["fsdp"],
+                                         batch_axis=axis)
         eval_jit = parallel.jit_sharded(eval_fn, state, mesh, fsdp=config["fsdp"], donate=False)
-        if mode == "none":  # host arrays go straight in: jit places them on the one device
-            place = lambda b: b  # noqa: E731
-        else:
-            place = lambda b: parallel.shard_batch(parallel.process_slice(b), mesh)  # noqa: E731
+
+        def placer(batch_axis):
+            if mode == "none":  # host arrays go straight in: jit places them on the one device
+                return lambda b: b
+            return lambda b: parallel.shard_batch(
+                parallel.process_slice(b, batch_axis=batch_axis), mesh, batch_axis=batch_axis)
+
         reduce, devices = identity, mesh.size
     elif mode == "pmap":
         configs.check_batch_divides(batch_size, jax.device_count())
         state = parallel.replicate(make_state(config, dataset, axis_name=parallel.PMAP_AXIS))
         train_fn, eval_fn = _steps(config, dataset, axis_name=parallel.PMAP_AXIS)
+        if k > 1:
+            train_fn = jnn.multistep.scan_steps(train_fn, axis_name=parallel.PMAP_AXIS)
         train_jit = parallel.pmap_train_step(train_fn)
         eval_jit = parallel.pmap_eval_step(eval_fn)
-        place = lambda b: parallel.split_batch(parallel.process_slice(b))  # noqa: E731
+
+        def placer(batch_axis):
+            return lambda b: parallel.split_batch(
+                parallel.process_slice(b, batch_axis=batch_axis), batch_axis=batch_axis)
+
         reduce = lambda sums: jax.tree.map(lambda v: v[0], sums)  # noqa: E731
         devices = jax.device_count()
     else:
         raise ValueError(f"unknown parallel mode {mode!r}; choose auto, none, pmap or shard")
-    placed = place(sample_batch)
-    train_step, train_lower, train_compile = _compile(train_jit, state, placed)
-    eval_step, eval_lower, eval_compile = _compile(eval_jit, state, placed)
+    place, place_steps = placer(0), placer(axis)
+    sample_steps = sample_batch if k == 1 else jnn.multistep.stack_batches([sample_batch] * k, k)
+    train_step, train_lower, train_compile = _compile(train_jit, state, place_steps(sample_steps))
+    eval_step, eval_lower, eval_compile = _compile(eval_jit, state, place(sample_batch))
     timings = {"train_lower_s": train_lower, "train_compile_s": train_compile,
                "eval_lower_s": eval_lower, "eval_compile_s": eval_compile}
-    return Runner(mode, devices, state, train_step, eval_step, place, reduce, timings)
+    return Runner(mode, devices, state, train_step, eval_step, place, place_steps, reduce,
+                  timings, k)

@@ -1,10 +1,11 @@
 """Stopping a run cleanly on SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption).
 
 While a `StopRequests` is entered, the signals only set a flag; the loop asks
-`requested(step)` after each step and saves before it stops. A second Ctrl-C raises
-KeyboardInterrupt at once (a save already under way is atomic, so nothing is damaged).
-With several processes, the processes must stop at the same step: every `sync_every`
-steps they share their flags (an all-gather), and all stop when any was signalled.
+`requested(step)` after each call of the train step (one or several steps) and saves
+before it stops. A second Ctrl-C raises KeyboardInterrupt at once (a save already under
+way is atomic, so nothing is damaged). With several processes, the processes must stop
+at the same step: whenever a call reaches or passes a multiple of `sync_every` steps
+they share their flags (an all-gather), and all stop when any was signalled.
 """
 
 from __future__ import annotations
@@ -44,15 +45,17 @@ class StopRequests:
         self._previous.clear()
         return False
 
-    def requested(self, step: int) -> bool:
-        """Whether to stop after `step`: at once with one process; with several, at the
-        first multiple of sync_every after any process was signalled (the same answer
-        on every process, which must all call this after every step)."""
+    def requested(self, step: int, steps: int = 1) -> bool:
+        """Whether to stop after `step`, reached by a call of `steps` train steps: at once
+        with one process; with several, at the first call that reaches or passes a
+        multiple of sync_every after any process was signalled (the same answer on every
+        process, which must all call this after every call of the train step)."""
         if self._decided is not None and self._decided[0] == step:
             return self._decided[1]
+        previous = step - steps
         if jax.process_count() == 1:
             decision = bool(self.signum)
-        elif step % self.sync_every:
+        elif step // self.sync_every == previous // self.sync_every:  # no multiple reached
             decision = False
         else:
             from jax.experimental import multihost_utils

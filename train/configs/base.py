@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=128,  # the seed's batch size
         epochs=10,
         microbatches=1,  # > 1: gradient accumulation over this many slices of each batch
+        steps_per_call=1,  # train steps per call of the compiled step (a lax.scan); same results
         compute_dtype=placeholder(str),  # None (float32) or bfloat16 / float16 (mixed precision)
         early_stopping_patience=0,  # stop after this many epochs without a better val loss; 0: off
         early_stopping_min_delta=0.0,  # a val loss counts as better only if lower by more than this
