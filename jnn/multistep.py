@@ -73,16 +73,19 @@ def scan_steps(train_step: Callable, *, axis_name: str | None = None) -> Callabl
     empty step (mask all False) changes nothing and reports zeros.
     """
 
+    # jitted, so that the shape query below and lax.cond share one trace of the step
+    step = jax.jit(train_step)
+
     def multi_step(state, batches: Batch):
-        first = jax.tree.map(lambda x: x[0], batches)
-        metrics_shape = jax.eval_shape(train_step, state, first)[1]
+        one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), batches)
+        metrics_shape = jax.eval_shape(step, state, one)[1]
 
         def skip(state, batch):
             del batch
             return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
 
         def body(state, batch):
-            return jax.lax.cond(_has_units(batch, axis_name), train_step, skip, state, batch)
+            return jax.lax.cond(_has_units(batch, axis_name), step, skip, state, batch)
 
         return jax.lax.scan(body, state, batches)
 

@@ -77,10 +77,8 @@ def _average_over_devices(model_state, weight, axis_name: str):
     total = jax.lax.psum(weight, axis_name)
 
     def average(x):
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            return jax.lax.pmean(x, axis_name)
-        weighted = jax.lax.psum(jnp.where(weight > 0, x, 0.0) * weight, axis_name)
-        return jnp.where(total > 0, weighted / jnp.maximum(total, 1e-30),
+        weighted = jax.lax.psum(jnp.where(weight > 0, x, 0) * weight, axis_name)
+        return jnp.where(total > 0, weighted / jnp.maximum(total, 1e-30),  # 0: no real unit
                          jax.lax.pmean(x, axis_name)).astype(x.dtype)
 
     return jax.tree.map(average, model_state)

@@ -1,5 +1,6 @@
-"""jnn.models.BatchNorm against flax.linen.BatchNorm on one device, and its statistics under
-pmap and sharded jit when the padding of a batch is spread unevenly over the devices."""
+"""jnn.models.BatchNorm against flax.linen.BatchNorm on one device, its statistics under pmap
+when the padding of a batch is spread unevenly over the devices, and batches or microbatches
+that hold only padding."""
 
 import flax.linen as nn
 import jax
@@ -57,6 +58,42 @@ def test_batchnorm_keeps_the_compute_dtype():
     y16, _ = layer.apply({**variables, "params": bf16}, x, mutable=["batch_stats"])
     assert y16.dtype == jnp.bfloat16
     assert stats["batch_stats"]["mean"].dtype == jnp.float32
+    y_asked = jnn.models.BatchNorm(False, dtype=jnp.bfloat16).apply(variables, _x(),
+                                                                    mutable=["batch_stats"])[0]
+    assert y_asked.dtype == jnp.bfloat16
+
+
+def test_a_batch_of_padding_only_stores_no_statistics_and_stays_finite():
+    layer = jnn.models.BatchNorm(False)
+    variables = layer.init(jax.random.PRNGKey(0), _x())
+    y, stats = layer.apply(variables, _x(), mask=np.zeros(32, bool), mutable=["batch_stats"])
+    _close(stats["batch_stats"], variables["batch_stats"], rtol=0, atol=0)
+    assert np.isfinite(np.asarray(y)).all()
+
+
+def test_a_mask_that_is_not_one_flag_per_row_is_refused_with_the_fix():
+    x = _x()
+    with pytest.raises(ValueError, match=r"mask marks rows: shape \(32,\), got \(32, 6, 6, 4\); "
+                       r"pass mask\[:, 0\]"):
+        jnn.models.BatchNorm(False).init(jax.random.PRNGKey(0), x, mask=np.ones(x.shape, bool))
+
+
+def test_microbatches_of_padding_only_change_neither_statistics_nor_parameters():
+    # 16 rows, 8 real, 4 slices: slices 3 and 4 are padding only; the step must equal
+    # two slices over the 8 real rows (BatchNorm sees the same slices, in the same order)
+    rng = np.random.default_rng(4)
+    real = {"x": rng.normal(size=(8, 8, 8, 1)).astype(np.float32),
+            "y": rng.integers(0, 10, size=8)}
+    padded = jnn.data.pad_batch(real, 16)
+    model = jnn.models.get("cnn", batch_norm=True)
+    state = jnn.create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), real["x"][:1])
+    got, metrics = jax.jit(jnn.make_train_step(microbatches=4))(state, padded)
+    expected, expected_metrics = jax.jit(jnn.make_train_step(microbatches=2))(
+        state, {**real, "mask": np.ones(8, bool)})
+    assert np.isfinite(np.asarray(jax.tree.leaves(got.params)[0])).all()
+    _close(got.params, expected.params)
+    _close(got.model_state, expected.model_state)
+    _close(metrics, expected_metrics)
 
 
 def _pmapped_statistics(x, mask):
@@ -130,3 +167,55 @@ def test_pmap_weights_each_devices_statistics_by_its_real_rows():
     np.testing.assert_allclose(stats["mean"], hidden[:11].mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(stats["var"], sum(w * d.var(0) for w, d in zip(weights, devices)),
                                rtol=1e-4, atol=1e-5)
+
+
+class _CountingNet(nn.Module):  # an integer model state: the batches seen in training
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        seen = self.variable("counters", "batches", lambda: jnp.zeros((), jnp.int32))
+        if train and not self.is_initializing():
+            seen.value = seen.value + 1
+        x = nn.Dense(4)(x.reshape((x.shape[0], -1)))
+        rows = None if mask is None else mask[:, None]
+        return nn.BatchNorm(use_running_average=not train, momentum=0.0)(x, mask=rows)
+
+
+def _pmap_step_on(x, mask):
+    def loss(outputs, batch):
+        losses = jnp.square(outputs).mean(-1)
+        return losses, jnn.objectives.unit_weights(batch, losses.shape), {}
+
+    state = jnn.create_train_state(_CountingNet(), optax.sgd(0.0), jax.random.PRNGKey(0),
+                                   x[:1])
+    step = parallel.pmap_train_step(jnn.make_train_step(loss, axis_name=parallel.PMAP_AXIS))
+    new, _ = step(parallel.replicate(state), parallel.split_batch({"x": x, "mask": mask}))
+    return state, jax.device_get(new.model_state)
+
+
+def test_pmap_keeps_an_integer_model_state_an_integer():
+    x = np.random.default_rng(5).normal(size=(32, 3)).astype(np.float32)
+    _, model_state = _pmap_step_on(x, np.arange(32) < 13)
+    seen = model_state["counters"]["batches"]
+    assert seen.dtype == np.int32 and seen.tolist() == [1] * NUM_DEVICES
+
+
+def test_pmap_statistics_of_a_single_real_row_are_that_rows():
+    x = np.random.default_rng(6).normal(size=(32, 3)).astype(np.float32)
+    state, model_state = _pmap_step_on(x, np.arange(32) == 0)  # devices 1-7: padding only
+    stats = jax.tree.map(lambda s: s[0], model_state["batch_stats"]["BatchNorm_0"])
+    hidden = x[:1] @ np.asarray(state.params["Dense_0"]["kernel"]) + np.asarray(
+        state.params["Dense_0"]["bias"])
+    np.testing.assert_allclose(stats["mean"], hidden[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["var"], np.zeros(4), atol=1e-6)
+
+
+def test_a_pmap_step_on_a_global_batch_of_padding_only_keeps_the_statistics():
+    batch = jnn.data.pad_batch({"x": _x((1, 8, 8, 1)), "y": np.zeros(1, np.int64)}, 32)
+    batch["mask"] = np.zeros(32, bool)
+    axis = parallel.PMAP_AXIS
+    state = jnn.create_train_state(jnn.models.get("cnn", batch_norm=True, axis_name=axis),
+                                   optax.sgd(0.1), jax.random.PRNGKey(0), batch["x"][:1])
+    step = parallel.pmap_train_step(jnn.make_train_step(axis_name=axis))
+    new, _ = step(parallel.replicate(state), parallel.split_batch(batch))
+    _close(parallel.unreplicate(new.model_state), state.model_state, rtol=0, atol=0)
+    assert np.isfinite(np.asarray(jax.tree.leaves(parallel.unreplicate(new.params))[0])).all()

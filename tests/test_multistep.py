@@ -1,7 +1,10 @@
 """Several steps per compiled call (jnn.multistep) against the same steps called one by one,
 on one device, sharded jit, pmap and an ensemble."""
 
+import re
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -83,9 +86,25 @@ def test_stacked_batches_are_padded_with_masked_empty_batches_and_refused_when_t
     with pytest.raises(ValueError, match="takes 1 to steps=1 batches, got 2"):
         multistep.stack_batches(batches, steps=1)
     no_mask = [{"x": b["x"], "y": b["y"]} for b in batches]
-    with pytest.raises(ValueError, match="needs a 'mask' in each batch"):
+    message = ("padding a group of steps needs a 'mask' in each batch; add mask=np.ones(B, "
+               "bool) (jnn.data.pad_batch does) or give exactly steps=3 batches")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         multistep.stack_batches(no_mask, steps=3)
     assert multistep.stack_batches(no_mask, steps=2)["x"].shape[0] == 2
+
+
+def test_batches_without_a_mask_all_run_and_metrics_keep_their_dtype():
+    def counting_step(state, batch):  # a step of your own, with an integer metric
+        new_state, metrics = jnn.make_train_step()(state, batch)
+        return new_state, {**metrics, "rows": (jnp.int32(batch["y"].shape[0]), jnp.int32(1))}
+
+    batches = [{"x": b["x"], "y": b["y"]} for b in _batches(3)]
+    state = _state()
+    got, metrics = jax.jit(multistep.scan_steps(counting_step))(
+        state, multistep.stack_batches(batches, steps=3))
+    assert int(got.step) == 3
+    assert metrics["rows"][0].dtype == jnp.int32 and metrics["rows"][0].tolist() == [32] * 3
+    _close(got.params, _one_by_one(state, batches)[0].params)
 
 
 @pytest.mark.parametrize("fsdp", [False, True])
@@ -121,6 +140,8 @@ def test_scanned_steps_under_pmap_equal_one_device_and_agree_on_empty_steps():
     assert split["x"].shape == (8, 4, 4, 8, 8, 1)
     np.testing.assert_array_equal(split["x"][1, 2], stacked["x"][2, 4:8])
     got, metrics = multi(pstate, split)
+    for leaf in jax.tree.leaves(got.params):  # every device ran every step: replicas agree
+        np.testing.assert_array_equal(np.asarray(leaf), np.broadcast_to(leaf[0], leaf.shape))
     got = parallel.unreplicate(got)
     assert int(got.step) == 3
     _close(got.params, expected.params, rtol=1e-5, atol=1e-6)
@@ -149,3 +170,16 @@ def test_a_second_call_of_the_scanned_steps_does_not_recompile(compile_counter):
     compile_counter.counting = True
     state, _ = multi(state, multistep.stack_batches(_batches(1), steps=2))
     assert compile_counter.count == 0
+
+
+def test_the_step_is_traced_once_per_compile():
+    traces = []
+    step = jnn.make_train_step()
+
+    def counted(state, batch):
+        traces.append(1)
+        return step(state, batch)
+
+    state = _state()
+    jax.jit(multistep.scan_steps(counted)).lower(state, multistep.stack_batches(_batches(2), 3))
+    assert len(traces) == 1

@@ -49,21 +49,32 @@ class BatchNorm(nn.Module):
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
+            if mask is not None and jnp.shape(mask) != x.shape[:1]:
+                raise ValueError(f"BatchNorm's mask marks rows: shape {x.shape[:1]}, got "
+                                 f"{jnp.shape(mask)}; pass mask[:, 0] for a per-row mask "
+                                 "spread over other axes")
             rows = jnp.ones(x.shape[:1], bool) if mask is None else mask.astype(bool)
             real = rows.reshape((-1,) + (1,) * (x.ndim - 1))
-            values = jnp.where(real, x.astype(jnp.float32), 0.0)  # (B, ..., C)
+            stats_dtype = jnp.promote_types(x.dtype, jnp.float32)  # as flax: float32 or more
+            values = jnp.where(real, x.astype(stats_dtype), 0.0)  # (B, ..., C)
             axes = tuple(range(x.ndim - 1))
             per_row = x.size // (x.shape[0] * x.shape[-1])  # positions per row (H*W)
             sums = (values.sum(axes), jnp.square(values).sum(axes),
-                    rows.sum(dtype=jnp.float32) * per_row)
+                    rows.sum(dtype=stats_dtype) * per_row)
             if self.axis_name is not None and not self.is_initializing():  # init: no devices
                 sums = jax.lax.psum(sums, self.axis_name)
             total, total_sq, count = sums
-            mean = total / count
-            var = jnp.maximum(0.0, total_sq / count - jnp.square(mean))
+            # a batch (or microbatch) of padding only: statistics 0 and 0, nothing stored
+            mean = total / jnp.maximum(count, 1)
+            var = jnp.maximum(0.0, total_sq / jnp.maximum(count, 1) - jnp.square(mean))
             if not self.is_initializing():
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+                real_rows = count > 0
+                ra_mean.value = jnp.where(
+                    real_rows, self.momentum * ra_mean.value + (1 - self.momentum) * mean,
+                    ra_mean.value)
+                ra_var.value = jnp.where(
+                    real_rows, self.momentum * ra_var.value + (1 - self.momentum) * var,
+                    ra_var.value)
 
         y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
         return y.astype(self.dtype or jnp.result_type(x, scale, bias))
