@@ -8,13 +8,14 @@ Each round runs every (config, steps_per_call) pair once, in turn, in this proce
 runs of one round are interleaved, so a drift of the machine lands in every pair alike),
 with checkpoints off so that only the loop is timed. A ratio is the median over rounds of
 the round's train time with K steps per call over its time with one. The runs' test losses
-are compared too: several steps per call must give the same run.
+are compared too: several steps per call must give the same run (exit code 1 otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -51,7 +52,9 @@ def measure(configs_: list[str], values: list[int], rounds: int, epochs: int | N
                          "train_time_s": statistics.median(times[name, k]),
                          "ratio": statistics.median(ratios), "ratio_min": min(ratios),
                          "ratio_max": max(ratios), "test_loss": losses[name, k],
-                         "test_loss_of_one_step_per_call": losses[name, values[0]]})
+                         "test_loss_of_one_step_per_call": losses[name, values[0]],
+                         "same_run": math.isclose(losses[name, k], losses[name, values[0]],
+                                                  rel_tol=1e-5)})
     return {"rounds": rounds, "epochs": epochs, "rows": rows}
 
 
@@ -60,12 +63,13 @@ def markdown(result: dict, device: str) -> str:
              f"`python -m benchmarks.steps_per_call`: the harness's train time (checkpoints "
              f"off), median of {result['rounds']} interleaved rounds; ratio = time with K "
              "steps per call / time with 1, the median of per-round ratios [min-max].", "",
-             "| config | steps_per_call | train time (s) | ratio | test loss (K / 1) |",
-             "|---|---|---|---|---|"]
+             "| config | steps_per_call | train time (s) | ratio | test loss (K / 1) | same run |",
+             "|---|---|---|---|---|---|"]
     for row in result["rows"]:
         lines.append(f"| {row['config']} | {row['steps_per_call']} | {row['train_time_s']:.2f} "
                      f"| {row['ratio']:.2f}x [{row['ratio_min']:.2f}-{row['ratio_max']:.2f}] "
-                     f"| {row['test_loss']:.6f} / {row['test_loss_of_one_step_per_call']:.6f} |")
+                     f"| {row['test_loss']:.6f} / {row['test_loss_of_one_step_per_call']:.6f} "
+                     f"| {'yes' if row['same_run'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -98,7 +102,7 @@ def main(argv=None) -> int:
             json.dump(result, f, indent=2)
         with open(os.path.join(args.out, "steps_per_call.md"), "w") as f:
             f.write(text)
-    return 0
+    return 0 if all(row["same_run"] for row in result["rows"]) else 1
 
 
 if __name__ == "__main__":

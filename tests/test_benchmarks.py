@@ -353,3 +353,18 @@ def test_compare_runs_gives_each_ratio_in_both_runs_and_their_difference(tmp_pat
     assert "Largest difference: +10%" in text
     assert compare_runs.main([str(tmp_path / "missing.json"), paths[1]]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_steps_per_call_benchmark_times_each_value_against_one_and_checks_the_same_run(
+        tmp_path, capsys):
+    from benchmarks import steps_per_call
+
+    assert steps_per_call.main(["--configs", "digits_mlp", "--values", "1,3", "--rounds", "1",
+                                "--epochs", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "steps_per_call.json").read_text())
+    rows = {row["steps_per_call"]: row for row in result["rows"]}
+    assert sorted(rows) == [1, 3] and rows[1]["ratio"] == 1.0
+    assert rows[3]["same_run"] and rows[3]["train_time_s"] > 0
+    assert "| digits_mlp | 3 |" in (tmp_path / "steps_per_call.md").read_text()
+    with pytest.raises(SystemExit):
+        steps_per_call.main(["--values", "0"])

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow  # end-to-end harness runs on 8 devices
 
 def _run(tmp_path, name="digits_cnn", **fields):
     config = configs.get_config(name)
-    config.update({"epochs": 2, **fields})
+    config.update({"epochs": 2, "steps_per_call": 1, **fields})
     return train_and_evaluate(config, str(tmp_path), progress=False, log=lambda _: None)
 
 
@@ -21,9 +21,16 @@ def single_device(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("none"), parallel="none")
 
 
-@pytest.mark.parametrize("mode,fsdp", [("shard", False), ("shard", True), ("pmap", False)])
-def test_data_parallel_runs_match_the_single_device_run(tmp_path, single_device, mode, fsdp):
-    summary = _run(tmp_path, parallel=mode, fsdp=fsdp)
+@pytest.mark.parametrize("mode,fsdp,steps_per_call", [
+    ("shard", False, 1), ("shard", True, 1), ("pmap", False, 1),
+    ("shard", False, 4), ("pmap", False, 4), ("none", False, 4)])
+def test_data_parallel_runs_match_the_single_device_run(tmp_path, single_device, mode, fsdp,
+                                                         steps_per_call):
+    summary = _run(tmp_path, parallel=mode, fsdp=fsdp, steps_per_call=steps_per_call)
+    if mode == "none":
+        assert summary["devices"] == 1
+        np.testing.assert_allclose(summary["test_loss"], single_device["test_loss"], rtol=1e-5)
+        return
     assert summary["parallel"] == mode and summary["devices"] == 8
     assert summary["steps"] == single_device["steps"]
     np.testing.assert_allclose(summary["test_loss"], single_device["test_loss"], rtol=1e-3)

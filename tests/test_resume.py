@@ -129,11 +129,11 @@ def test_an_interrupted_run_resumed_equals_an_uninterrupted_one_bit_for_bit(
 def test_several_steps_per_call_stop_resume_and_end_as_one_step_per_call(
         tmp_path, monkeypatch, uninterrupted):
     # 18 steps an epoch, checkpoints every 5: calls of up to 4 steps end at 4, 5, 9, 10, 14,
-    # 15, 18 (the epoch's end), 20, 24, ... steps done, so a SIGTERM during the step that
-    # makes 24 (hook index 23) stops after that call.
+    # 15, 18 (the epoch's end), 20, 24, ... steps done, so a SIGTERM during the call of
+    # steps 21-24 (sent while its batches are made, at hook index 21) stops after step 24.
     config = _config(steps_per_call=4)
     with monkeypatch.context() as patch:
-        _signal_at(patch, 23)
+        _signal_at(patch, 21)
         with pytest.raises(loop.RunInterrupted, match="stopped by SIGTERM at step 24"):
             _run(config, tmp_path)
     steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())

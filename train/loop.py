@@ -7,9 +7,9 @@ so a run resumed from a checkpoint at any step goes on with the same batches and
 as an uninterrupted run would. One call of the compiled train step runs
 `steps_per_call` steps (jnn.multistep), with the same results. Per-step metrics stay
 on the device and are fetched when the epoch ends or a checkpoint is saved; the only
-per-step host work is producing the next batch. With several processes, every process runs this loop on the same global
-batch order and feeds its own rows; only process 0 prints and writes files (orbax
-coordinates the checkpoint writes of all processes).
+per-step host work is producing the next batch. With several processes, every process
+runs this loop on the same global batch order and feeds its own rows; only process 0
+prints and writes files (orbax coordinates the checkpoint writes of all processes).
 """
 
 from __future__ import annotations
@@ -146,7 +146,8 @@ def _write_json(path: str, value) -> None:
 
 def _config_differences(saved: dict, config: dict) -> list[str]:
     fields = sorted(set(saved) | set(config))
-    ignored = ("data_dir",)  # where the data lives does not change the run
+    # where the data lives, and how many steps one call runs, do not change the run
+    ignored = ("data_dir", "steps_per_call")
     return [f"{f} {saved.get(f)!r} -> {config.get(f)!r}" for f in fields
             if f not in ignored and saved.get(f) != config.get(f)]
 

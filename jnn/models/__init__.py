@@ -67,6 +67,7 @@ def get(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
-    "BatchNorm", "CNN", "CifarCNN", "Dropout", "MLP", "ResMLP", "activation_names", "fields", "get", "get_activation",
-    "get_initializer", "initializer_names", "max_pool_2x2", "names", "register",
+    "BatchNorm", "CNN", "CifarCNN", "Dropout", "MLP", "ResMLP", "activation_names", "fields",
+    "get", "get_activation", "get_initializer", "initializer_names", "max_pool_2x2", "names",
+    "register",
 ]
