@@ -3,6 +3,7 @@ parameters as one process with 4 devices."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -216,3 +217,33 @@ def test_the_harness_on_two_processes_equals_one_process_and_only_process_0_writ
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
                                                          rtol=1e-5, atol=1e-6),
                  restored_two, restored_one)
+
+
+def test_the_harness_under_pmap_on_two_processes_trains_checkpoints_and_resumes_like_one_device(
+        tmp_path, digits):
+    from train import config as configs
+    from train.loop import train_and_evaluate
+
+    shared = tmp_path / "two"
+
+    def run_pair(name):
+        port = _free_port()
+        procs = [_start_harness(tmp_path, f"{name}{i}", 2, shared,
+                                ["--parallel", "pmap",
+                                 "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                                 "--process-id", str(i)]) for i in range(2)]
+        _wait_all(procs, HARNESS_TIMEOUT_S)
+        for i, p in enumerate(procs):
+            assert p.returncode == 0, _output(tmp_path, f"{name}{i}")[1][-3000:]
+        return _output(tmp_path, f"{name}0")[0], json.loads((shared / "summary.json").read_text())
+
+    _, first = run_pair("a")
+    shutil.rmtree(shared / "checkpoints" / "72")  # as if stopped after epoch 1 (step 36)
+    lines, two = run_pair("b")
+    assert "resumed from step 36" in lines
+    assert (two["parallel"], two["devices"], two["processes"], two["steps"]) == ("pmap", 4, 2, 72)
+    config = configs.get_config("digits_cnn")
+    config.update({"epochs": 2, "parallel": "none"})
+    one = train_and_evaluate(config, str(tmp_path / "one"), progress=False, log=lambda _: None)
+    np.testing.assert_allclose(two["test_loss"], one["test_loss"], rtol=1e-5)
+    np.testing.assert_allclose(first["test_loss"], one["test_loss"], rtol=1e-5)

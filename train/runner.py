@@ -116,9 +116,16 @@ class Runner:
 
     def saved_state(self):
         """The state as it is checkpointed: one replica under pmap, as it is otherwise."""
-        if self.mode == "pmap":
-            return jax.tree.map(lambda x: x[0], self.state)
-        return self.state
+        if self.mode != "pmap":
+            return self.state
+        replica = jax.tree.map(lambda x: np.asarray(x[0]), self.state)
+        if jax.process_count() == 1:
+            return replica
+        # several processes: orbax saves global arrays, here replicated over every device
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.host_local_array_to_global_array(
+            replica, parallel.make_mesh(), jax.sharding.PartitionSpec())
 
     def load_state(self, saved) -> None:
         """Continues from a checkpointed state (restored with saved_state()'s layout)."""
@@ -217,6 +224,10 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
     sample_steps = sample_batch if k == 1 else jnn.multistep.stack_batches([sample_batch] * k, k)
     train_step, train_lower, train_compile = _compile(train_jit, state, place_steps(sample_steps))
     eval_step, eval_lower, eval_compile = _compile(eval_jit, state, place(sample_batch))
+    if mode == "pmap" and jax.process_count() > 1:
+        # pmap's programs for several processes take global arrays: its own call makes them
+        # from this process's arrays (and finds the programs in the compilation cache)
+        train_step, eval_step = train_jit, eval_jit
     timings = {"train_lower_s": train_lower, "train_compile_s": train_compile,
                "eval_lower_s": eval_lower, "eval_compile_s": eval_compile}
     return Runner(mode, devices, state, train_step, eval_step, place, place_steps, reduce,
