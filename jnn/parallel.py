@@ -68,7 +68,7 @@ def split_batch(batch: dict, num_devices: int | None = None, *, batch_axis: int 
     return {k: split(v) for k, v in batch.items()}
 
 
-def _batch_size(batch: dict, batch_axis: int = 0) -> int:
+def _batch_size(batch: dict, batch_axis: int) -> int:
     return int(np.shape(jax.tree.leaves(batch)[0])[batch_axis])
 
 
@@ -132,7 +132,7 @@ def state_shardings(state, mesh: Mesh, *, fsdp: bool = False, min_size: int = 2 
     n = mesh.devices.size
 
     def spec(x):
-        shape = tuple(getattr(x, "shape", np.shape(x)))
+        shape = np.shape(x)  # arrays, shape structs and plain numbers alike
         return NamedSharding(mesh, _fsdp_spec(shape, n, min_size) if fsdp else P())
 
     return jax.tree.map(spec, state)
@@ -203,8 +203,7 @@ class ShardedStep:
     `(state, batch) -> metrics` never does.
     """
 
-    def __init__(self, step: Callable, shardings, mesh: Mesh, donate: bool,
-                 batch_axis: int = 0):
+    def __init__(self, step: Callable, shardings, mesh: Mesh, donate: bool, batch_axis: int):
         self._step, self._shardings, self._mesh, self._donate = step, shardings, mesh, donate
         self._batch_axis = batch_axis
         self._jitted = None
@@ -223,14 +222,17 @@ class ShardedStep:
                                    out_shardings=replicated(self._mesh))
         return self._jitted
 
+    def _jit(self, state, batch):
+        return self._build(state, batch) if self._jitted is None else self._jitted
+
     def trace(self, state, batch):
-        return (self._jitted or self._build(state, batch)).trace(state, batch)
+        return self._jit(state, batch).trace(state, batch)
 
     def lower(self, state, batch):
-        return (self._jitted or self._build(state, batch)).lower(state, batch)
+        return self._jit(state, batch).lower(state, batch)
 
     def __call__(self, state, batch):
-        return (self._jitted or self._build(state, batch))(state, batch)
+        return self._jit(state, batch)(state, batch)
 
 
 def jit_sharded(step: Callable, state, mesh: Mesh, *, fsdp: bool = False,

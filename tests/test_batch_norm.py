@@ -143,7 +143,8 @@ class _DeviceUnawareNet(nn.Module):  # BatchNorm without axis_name: each device 
         return nn.BatchNorm(use_running_average=not train, momentum=0.0)(x, mask=rows)
 
 
-def test_pmap_weights_each_devices_statistics_by_its_real_rows():
+@pytest.mark.parametrize("unit_weight", [1.0, 0.05])  # 0.05: weights that sum to under 1
+def test_pmap_weights_each_devices_statistics_by_its_real_rows(unit_weight):
     # momentum 0: the stored statistics are the batch's. Devices 0-1 hold 4 real rows
     # each, device 2 holds 3, the rest only padding (whose statistics are 0/0).
     rng = np.random.default_rng(2)
@@ -152,7 +153,7 @@ def test_pmap_weights_each_devices_statistics_by_its_real_rows():
 
     def loss(outputs, batch):
         losses = jnp.square(outputs).mean(-1)
-        return losses, jnn.objectives.unit_weights(batch, losses.shape), {}
+        return losses, unit_weight * jnn.objectives.unit_weights(batch, losses.shape), {}
 
     state = jnn.create_train_state(_DeviceUnawareNet(), optax.sgd(0.0), jax.random.PRNGKey(0),
                                    x[:1])

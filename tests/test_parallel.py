@@ -373,6 +373,9 @@ def test_state_shardings_accept_plain_python_numbers_as_leaves():
     shardings = parallel.state_shardings({"lr": 0.1, "w": np.zeros((8, 1024))}, mesh, fsdp=True)
     assert shardings["lr"].spec == jax.sharding.PartitionSpec()
     assert shardings["w"].spec == jax.sharding.PartitionSpec(None, "data")
+    placed = parallel.shard_state({"lr": 0.1, "w": np.ones((8, 1024), np.float32)}, mesh,
+                                  fsdp=True)
+    assert float(placed["lr"]) == np.float32(0.1) and placed["w"].sharding.spec == shardings["w"].spec
 
 
 @pytest.mark.parametrize("fsdp", [False, True])

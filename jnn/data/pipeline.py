@@ -33,6 +33,23 @@ class ArraySource:
         return {k: v[index] for k, v in self._arrays.items()}
 
 
+class BatchSource:
+    """A grain random-access source of batches: batch i holds the rows
+    order[i * batch_size:(i + 1) * batch_size] of `arrays`, gathered at once (one
+    fancy index per array instead of one read per row; the last batch may be short)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], order: np.ndarray, batch_size: int):
+        ArraySource(arrays)  # the same length check
+        self._arrays, self._order, self._batch_size = arrays, order, batch_size
+
+    def __len__(self) -> int:
+        return num_batches(len(self._order), self._batch_size)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        rows = self._order[index * self._batch_size:(index + 1) * self._batch_size]
+        return {k: v[rows] for k, v in self._arrays.items()}
+
+
 def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
     """Pads a batch of n <= batch_size rows to batch_size rows and adds `mask` (batch_size,).
 
@@ -101,16 +118,17 @@ def epoch_batches(arrays: dict[str, np.ndarray], batch_size: int, *,
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-    ds = grain.MapDataset.source(ArraySource(arrays))
-    if shuffle_seed is not None:
-        epoch_seed = int(np.random.SeedSequence([shuffle_seed, epoch]).generate_state(1)[0])
-        ds = ds.seed(epoch_seed).shuffle()
-    ds = ds.batch(batch_size, drop_remainder=False)
+    if augment is not None and shuffle_seed is None:
+        raise ValueError("augmentation needs a shuffle_seed (it is applied to training data)")
+    n = len(ArraySource(arrays))
+    order = np.arange(n)
+    if shuffle_seed is not None:  # this epoch's permutation, and its augmentation seed
+        shuffle_state, augment_seed = np.random.SeedSequence([shuffle_seed, epoch]).spawn(2)
+        order = np.random.default_rng(shuffle_state).permutation(n)
+    ds = grain.MapDataset.source(BatchSource(arrays, order, batch_size))
     ds = ds.map(functools.partial(pad_batch, batch_size=batch_size))
     if transform is not None:
         ds = ds.map(transform)
-    if augment is not None:
-        if shuffle_seed is None:
-            raise ValueError("augmentation needs a shuffle_seed (it is applied to training data)")
-        ds = ds.random_map(augment)
+    if augment is not None:  # batch i's generator: grain's, from (augment_seed, i)
+        ds = ds.random_map(augment, seed=int(augment_seed.generate_state(1)[0]))
     return ds
