@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "settings": {"quick": args.quick, "only": args.only, "batch": plan.BATCH,
                      "warmup": specs[0]["warmup"], "repeats": specs[0]["repeats"],
-                     "rounds": specs[0]["rounds"]},
+                     "rounds": specs[0]["rounds"], "min_round_ms": specs[0]["min_round_ms"]},
         "parameter_count_problems": check_parameter_counts(records),
         "records": records,
     }

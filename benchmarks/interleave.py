@@ -64,9 +64,10 @@ class WorkerProcess:
             self.close()
             raise
 
-    def time(self, step: str, *, warmup: int, repeats: int) -> list[float]:
-        """Milliseconds of `repeats` timed `step` steps ("train" or "eval") after `warmup`."""
-        command = {"step": step, "warmup": warmup, "repeats": repeats}
+    def time(self, step: str, *, warmup: int, repeats: int, min_ms: float = 0.0) -> list[float]:
+        """Milliseconds of at least `repeats` timed `step` steps ("train" or "eval"), as many
+        as add up to `min_ms`, after `warmup`."""
+        command = {"step": step, "warmup": warmup, "repeats": repeats, "min_ms": min_ms}
         try:
             self._process.stdin.write((json.dumps(command) + "\n").encode())
             self._process.stdin.flush()
@@ -145,7 +146,8 @@ def measure_group(specs: list[dict], cache_root: str, *, rounds: int,
                     try:
                         rounds_ms[i][step].append(workers[i].time(
                             step, warmup=worker.warmup_steps(specs[i], round_index),
-                            repeats=specs[i]["repeats"]))
+                            repeats=specs[i]["repeats"],
+                            min_ms=specs[i].get("min_round_ms", 0.0)))
                     except WorkerError as err:
                         errors[i] = str(err)
     finally:

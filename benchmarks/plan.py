@@ -14,11 +14,13 @@ QUICK_DEPTHS = (2, 8)
 ENSEMBLES = (1, 4, 16)
 DEVICE_COUNTS = (1, 2, 4, 8)
 BATCH = 128  # the seed's batch size
-# untimed steps before the first round, timed steps per round, rounds. Many short rounds:
-# a ratio is the median of per-round ratios, and the machine drifts within seconds (5
-# rounds of 6 steps reproduced the seed models' ratios only within 31%).
-QUICK_TIMING = {"warmup": 3, "repeats": 3, "rounds": 5}
-FULL_TIMING = {"warmup": 5, "repeats": 3, "rounds": 12}
+# untimed steps before the first round, timed steps per round (at least `repeats`, and as
+# many as fill min_round_ms), rounds. Many short rounds: a ratio is the median of per-round
+# ratios, and the machine drifts within seconds (5 rounds of 6 steps reproduced the seed
+# models' ratios only within 31%, 12 rounds of 3 within 23%: 3 steps of the 1 ms MLP are
+# 3 ms of timing, so min_round_ms times it over about 200 steps a round instead).
+QUICK_TIMING = {"warmup": 3, "repeats": 3, "rounds": 5, "min_round_ms": 100.0}
+FULL_TIMING = {"warmup": 5, "repeats": 3, "rounds": 12, "min_round_ms": 200.0}
 
 
 def spec_name(spec: dict) -> str:

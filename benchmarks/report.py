@@ -136,7 +136,10 @@ def _timing_sentence(settings: dict) -> str:
     if "rounds" not in settings:
         return (f"{settings['repeats']} timed steps after {settings['warmup']} warm-up steps; "
                 "each measurement in a fresh process.")
-    return (f"{settings['rounds']} rounds of {settings['repeats']} timed steps (after "
+    steps = (f"at least {settings['repeats']} timed steps, and as many as fill "
+             f"{settings['min_round_ms']:.0f} ms" if settings.get("min_round_ms")
+             else f"{settings['repeats']} timed steps")
+    return (f"{settings['rounds']} rounds of {steps} (after "
             f"{settings['warmup']} warm-up steps, and one more before each later round). Each "
             "measurement runs in its own fresh process; the measurements of one model and "
             "transform (the frameworks of a model, say) take turns within each round, in an "

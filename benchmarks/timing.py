@@ -41,15 +41,18 @@ def program_flops(compiled) -> float | None:
     return float(flops) if flops and flops > 0 else None
 
 
-def time_steps(step: Callable[[], Any], *, warmup: int, repeats: int) -> list[float]:
+def time_steps(step: Callable[[], Any], *, warmup: int, repeats: int,
+               min_ms: float = 0.0) -> list[float]:
     """Runs `step` (which must block until its work is done) `warmup` times unmeasured, then
-    `repeats` times measured; returns the milliseconds of each measured step."""
+    at least `repeats` times measured, and on until the measured steps add up to `min_ms`
+    milliseconds (a sub-millisecond step is then timed over many steps, not 3); returns
+    the milliseconds of each measured step."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     for _ in range(warmup):
         step()
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or sum(times) < min_ms:
         start = time.perf_counter()
         step()
         times.append((time.perf_counter() - start) * 1e3)

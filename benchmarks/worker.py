@@ -4,8 +4,9 @@
 
 The worker builds the spec (measuring its compile time) and prints one JSON line,
 {"records": [train record, eval record]}, with the step fields still empty. It then answers
-each command line on stdin, {"step": "train", "warmup": W, "repeats": N}, with
-{"step_ms": [N milliseconds]} (N timed steps after W untimed ones), until stdin closes;
+each command line on stdin, {"step": "train", "warmup": W, "repeats": N, "min_ms": M},
+with {"step_ms": [milliseconds]} (at least N timed steps, and as many as add up to M ms,
+after W untimed ones), until stdin closes;
 benchmarks.interleave drives several workers this way, one at a time, and fills the step
 fields (`finish`). With spec["warm"] (the persistent cache is already filled) the worker
 exits after its first line, whose records are complete: only compile times are measured.
@@ -107,7 +108,9 @@ def run(spec: dict) -> list[dict]:
     rounds = 0 if spec.get("warm") else spec.get("rounds", 1)
     return [finish(record, [timing.time_steps(steps[record["step"]],
                                               warmup=warmup_steps(spec, i),
-                                              repeats=spec["repeats"]) for i in range(rounds)])
+                                              repeats=spec["repeats"],
+                                              min_ms=spec.get("min_round_ms", 0.0))
+                            for i in range(rounds)])
             for record in records]
 
 
@@ -129,7 +132,8 @@ def serve(spec: dict, commands: TextIO, replies: TextIO) -> None:
         command = json.loads(line)
         _send(replies, {"step_ms": timing.time_steps(steps[command["step"]],
                                                      warmup=command["warmup"],
-                                                     repeats=command["repeats"])})
+                                                     repeats=command["repeats"],
+                                                     min_ms=command.get("min_ms", 0.0))})
 
 
 def main() -> None:

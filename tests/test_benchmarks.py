@@ -25,6 +25,15 @@ def test_time_steps_runs_warmup_unmeasured_and_times_each_repeat():
     assert len(calls) == 8 and len(times) == 5 and all(t >= 0 for t in times)
 
 
+def test_time_steps_goes_on_until_the_timed_steps_fill_min_ms():
+    import time
+
+    times = timing.time_steps(lambda: time.sleep(0.002), warmup=0, repeats=2, min_ms=30)
+    assert sum(times) >= 30 and 2 < len(times) < 20 and sum(times[:-1]) < 30
+    slow = timing.time_steps(lambda: time.sleep(0.02), warmup=0, repeats=3, min_ms=5)
+    assert len(slow) == 3  # repeats is the floor
+
+
 def test_step_stats_pool_every_round_and_keep_each_rounds_median():
     stats = timing.step_stats([[1.0, 2.0, 9.0], [10.0, 20.0]])
     assert stats == {"step_ms": 9.0, "step_ms_min": 1.0, "step_ms_max": 20.0,
@@ -166,7 +175,8 @@ class FakeWorker:
                          "examples_per_s": None, "round_step_ms": None}
                         for step in worker.STEPS]
 
-    def time(self, step, *, warmup, repeats):
+    def time(self, step, *, warmup, repeats, min_ms=0.0):
+        assert min_ms == self.spec["min_round_ms"]  # the plan's floor reaches the worker
         self.log.append((self.spec["framework"], step, warmup))
         if self.spec["framework"] == "torch" and sum(e[0] == "torch" for e in self.log) > 2:
             raise interleave.WorkerError("worker exited -9: killed")
