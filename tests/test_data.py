@@ -245,3 +245,13 @@ def test_pad_batch_turns_an_integer_mask_into_a_boolean_one():
     padded = data.pad_batch({"y": np.arange(3), "mask": np.array([1, 0, 1])}, 5)
     assert padded["mask"].dtype == bool
     assert padded["mask"].tolist() == [True, False, True, False, False]
+
+
+def test_a_batch_source_gathers_the_rows_of_its_order_and_keeps_a_short_last_batch():
+    arrays = {"x": np.arange(10.0)[:, None], "y": np.arange(10)}
+    source = data.BatchSource(arrays, np.array([9, 0, 8, 1, 7, 2, 6]), 3)
+    assert len(source) == 3
+    np.testing.assert_array_equal(source[0]["y"], [9, 0, 8])
+    np.testing.assert_array_equal(source[2]["x"][:, 0], [6.0])
+    with pytest.raises(ValueError, match="equal lengths"):
+        data.BatchSource({"x": np.zeros(3), "y": np.zeros(4)}, np.arange(3), 2)
