@@ -165,7 +165,8 @@ def make_train_step(objective: str | Objective = "cross_entropy", *,
             grads, weight_sum, metrics = jax.lax.psum((grads, weight_sum, metrics), axis_name)
         if state.loss_scale is not None:
             grads = jax.tree.map(lambda g: g * (units["count"] / scale), grads)
-        grads = jax.tree.map(lambda g: g / jnp.maximum(weight_sum, 1.0), grads)
+        # the mean over the weights (any positive sum, fractional too); none: grads are 0
+        grads = jax.tree.map(lambda g: g / jnp.where(weight_sum > 0, weight_sum, 1.0), grads)
         if l1 or l2:
             penalty_grads = jax.grad(losses.weight_penalty)(state.params, l1, l2)
             grads = jax.tree.map(jnp.add, grads, penalty_grads)

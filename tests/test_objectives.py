@@ -148,14 +148,34 @@ def test_an_objective_that_returns_the_wrong_thing_is_named(rng):
 
 
 def test_objective_names_and_options_are_checked():
-    with pytest.raises(ValueError, match="choose one of"):
+    names = "binary_cross_entropy, cross_entropy, mse, next_token"
+    whole = lambda text: "^" + re.escape(text) + "$"  # noqa: E731
+    with pytest.raises(ValueError, match=whole(
+            f"unknown objective 'hinge'; choose one of {names} or pass a function "
+            "(outputs, batch) -> (losses, weights, metrics)")):
         jnn.objectives.get("hinge")
-    with pytest.raises(ValueError, match="its options are"):
-        jnn.objectives.get("mse", label_smoothing=0.1)
-    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
-        jnn.objectives.get("cross_entropy", label_smoothing=2.0)
-    with pytest.raises(ValueError, match="objective must be a name"):
+    with pytest.raises(ValueError, match=whole(
+            "objective 'mse' has no option label_smoothing, tokens; its options are "
+            "target, mask")):
+        jnn.objectives.get("mse", label_smoothing=0.1, tokens=1)
+    for smoothing in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+            jnn.objectives.get("cross_entropy", label_smoothing=smoothing)
+    with pytest.raises(ValueError, match=whole(
+            f"objective must be a name ({names}) or a function (outputs, batch) -> (losses, "
+            "weights, metrics), got 3")):
         jnn.make_train_step(3)
+
+
+def test_one_hot_labels_over_tokens_count_like_integer_labels():
+    rng = np.random.default_rng(7)
+    logits = jnp.asarray(rng.normal(size=(4, 5, 3)), jnp.float32)  # (B, T, C)
+    labels = rng.integers(0, 3, size=(4, 5))
+    objective = jnn.objectives.get("cross_entropy", confusion_matrix=True)
+    by_index = objective(logits, {"y": labels})
+    by_one_hot = objective(logits, {"y": jax.nn.one_hot(labels, 3)})
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), by_index, by_one_hot)
+    assert np.shape(by_one_hot[2]["confusion_matrix"][0]) == (3, 3)
 
 
 def test_a_mask_of_the_wrong_shape_is_refused():

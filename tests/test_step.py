@@ -239,3 +239,38 @@ def test_eval_and_predict_pass_train_false_to_a_module_that_merges_its_mode(rng)
     np.testing.assert_allclose(metrics["loss"][0], expected, rtol=1e-5)
     _, train_metrics = jax.jit(jnn.make_train_step())(state, b)  # train=True: dropout on
     assert not np.isclose(float(train_metrics["loss"][0]), float(expected), rtol=1e-3)
+
+
+@pytest.mark.parametrize("real,unit_weight", [(1, 1.0), (5, 0.1), (16, 0.01)])
+def test_the_update_is_the_mean_gradient_over_the_weights_whatever_their_sum(
+        rng, real, unit_weight):
+    # plain SGD: the update is lr * sum(w * grad l) / sum(w), also for one real example
+    # and for weights that sum to less than 1
+    model = jnn.models.get("mlp", hidden_sizes=(16,))
+    b = {**_batches(rng, 1)[0], "mask": np.arange(16) < real}
+    state = jnn.create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), b["x"])
+
+    def weighted(outputs, batch):
+        losses = optax.softmax_cross_entropy_with_integer_labels(outputs, batch["y"])
+        return losses, unit_weight * jnn.objectives.unit_weights(batch, losses.shape), {}
+
+    new, metrics = jax.jit(jnn.make_train_step(weighted))(state, b)
+
+    def mean_loss(params):
+        logits = model.apply({"params": params}, b["x"][:real])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"][:real]).mean()
+
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params,
+                            jax.grad(mean_loss)(state.params))
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-7),
+                 new.params, expected)
+    np.testing.assert_allclose(metrics["loss"][1], real * unit_weight, rtol=1e-6)
+
+
+def test_a_batch_of_padding_only_changes_no_parameter_under_sgd(rng):
+    b = {**_batches(rng, 1)[0], "mask": np.zeros(16, bool)}
+    state = jnn.create_train_state(jnn.models.get("mlp"), optax.sgd(0.1), jax.random.PRNGKey(0),
+                                   b["x"])
+    new, metrics = jax.jit(jnn.make_train_step())(state, b)
+    jax.tree.map(lambda a, e: np.testing.assert_array_equal(a, e), new.params, state.params)
+    assert metrics["loss"] == (0.0, 0.0)

@@ -286,3 +286,22 @@ def test_an_eval_step_computes_in_its_compute_dtype(rng):
     # float32's loss is 30x further from it than the tolerance above
     assert abs(float(bf16["loss"][0]) - float(f32["loss"][0])) > 30 * 1e-6 * float(losses.sum())
     assert {leaf.dtype for leaf in jax.tree.leaves(bf16)} == {jnp.dtype(jnp.float32)}
+
+
+def test_skip_nonfinite_also_skips_a_non_finite_loss_whose_gradients_are_finite(rng):
+    # a loss term the gradient does not see (stop_gradient) turns infinite on one batch
+    def poisoned(outputs, batch):
+        losses, weights, metrics = jnn.objectives.get("cross_entropy")(outputs, batch)
+        return losses + jax.lax.stop_gradient(batch["poison"]), weights, metrics
+
+    batch = {**_batch(rng), "poison": np.zeros(16, np.float32)}
+    state = jnn.create_train_state(jnn.models.get("mlp"), optax.sgd(0.1), jax.random.PRNGKey(0),
+                                   batch["x"])
+    step = jax.jit(jnn.make_train_step(poisoned, skip_nonfinite=True))
+    kept, metrics = step(state, {**batch, "poison": np.full(16, np.inf, np.float32)})
+    _close(kept.params, state.params, rtol=0, atol=0)
+    assert metrics["skipped"] == (1.0, 1.0) and int(kept.step) == 1
+    moved, metrics = step(state, batch)
+    assert metrics["skipped"] == (0.0, 1.0)
+    assert not np.allclose(moved.params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
+    assert {leaf.dtype for leaf in jax.tree.leaves(metrics)} == {jnp.dtype(jnp.float32)}

@@ -59,7 +59,7 @@ def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.nda
     if n > batch_size:
         raise ValueError(f"batch of {n} rows is larger than batch_size {batch_size}")
     index = np.arange(batch_size) % n
-    padded = {k: v[index] if n < batch_size else v for k, v in batch.items()}
+    padded = {k: v[index] for k, v in batch.items()}
     mask = np.arange(batch_size) < n
     if "mask" in batch:
         mask = mask & np.asarray(batch["mask"], bool)[index]
