@@ -139,9 +139,14 @@ def test_your_own_objective_and_metric_add_up_over_any_split_of_the_batch(rng):
 def test_an_objective_that_returns_the_wrong_thing_is_named(rng):
     x = rng.normal(size=(4, 3)).astype(np.float32)
     state = jnn.create_train_state(Regressor(), optax.sgd(0.1), jax.random.PRNGKey(0), x)
-    with pytest.raises(ValueError, match=r"\(losses, weights, metrics\)"):
+    whole = lambda text: "^" + re.escape(text) + "$"  # noqa: E731
+    with pytest.raises(ValueError, match=whole(
+            "an objective must return (losses, weights, metrics): per-unit losses, their "
+            "weights (0 on padding) and {name: (sum, count)}")):
         jnn.make_eval_step(lambda outputs, batch: outputs.sum())(state, {"x": x})
-    with pytest.raises(ValueError, match="differ in shape"):
+    with pytest.raises(ValueError, match=whole(
+            "the objective's losses (4,) and weights (3,) differ in shape; give one weight "
+            "per unit")):
         jnn.make_eval_step(lambda o, b: (o[:, 0], jnp.ones(3), {}))(state, {"x": x})
     with pytest.raises(ValueError, match="sum, count"):
         jnn.make_eval_step(lambda o, b: (o[:, 0], jnp.ones(4), {"m": o.sum()}))(state, {"x": x})
@@ -179,8 +184,24 @@ def test_one_hot_labels_over_tokens_count_like_integer_labels():
 
 
 def test_a_mask_of_the_wrong_shape_is_refused():
-    with pytest.raises(ValueError, match="per example or one of the units' shape"):
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "batch['mask'] has shape (3, 2), which fits neither the examples nor the units of "
+            "shape (4, 2); give a (B,) mask per example or one of the units' shape") + "$"):
         jnn.objectives.unit_weights({"mask": np.ones((3, 2), bool)}, (4, 2))
+
+
+def test_a_per_example_mask_spreads_over_each_examples_units():
+    mask = np.array([True, False, True])
+    weights = jnn.objectives.unit_weights({"mask": mask}, (3, 4, 2))  # (B, T, C) units
+    assert weights.dtype == jnp.float32 and weights.shape == (3, 4, 2)
+    np.testing.assert_array_equal(weights, np.broadcast_to(mask[:, None, None], (3, 4, 2)))
+
+
+def test_a_missing_target_names_the_batch_keys_and_the_option():
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "the batch has no 'y' entry for the objective's targets (its keys: mask, x); pass "
+            "target=... naming it") + "$"):
+        jnn.objectives.get("mse")(jnp.ones((2, 3)), {"x": np.ones((2, 3)), "mask": np.ones(2)})
 
 
 @pytest.mark.parametrize("labels", ["integer", "one_hot"])

@@ -445,3 +445,19 @@ def test_a_sharded_step_places_its_outputs_as_promised_whatever_it_computes(fsdp
         for leaf, sharding in zip(jax.tree.leaves(state), expected):
             assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (leaf.shape, leaf.sharding)
         assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(metrics))
+
+
+def test_a_sharded_step_traces_its_step_once_however_often_it_is_called():
+    traces = []
+    step = jnn.make_train_step()
+
+    def counted(state, batch):
+        traces.append(1)
+        return step(state, batch)
+
+    mesh = parallel.make_mesh()
+    state = parallel.shard_state(_state(MODELS["cnn"]), mesh)
+    sharded = parallel.jit_sharded(counted, state, mesh)
+    for b in _batches(3):
+        state, _ = sharded(state, parallel.shard_batch(b, mesh))
+    assert len(traces) == 1  # the output-structure query and jit share one trace
