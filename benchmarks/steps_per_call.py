@@ -8,7 +8,8 @@ Each round runs every (config, steps_per_call) pair once, in turn, in this proce
 runs of one round are interleaved, so a drift of the machine lands in every pair alike),
 with checkpoints off so that only the loop is timed. A ratio is the median over rounds of
 the round's train time with K steps per call over its time with one. The runs' test losses
-are compared too: several steps per call must give the same run (exit code 1 otherwise).
+are compared too: several steps per call must give the same run, up to float rounding
+(SAME_RUN_RTOL; exit code 1 otherwise).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ import os
 import statistics
 import sys
 import tempfile
+
+
+# The scanned steps are the same steps, but XLA compiles the loop body on its own, so float
+# rounding may differ: bit for bit for the MLP, 3e-4 apart in the CNN's test loss after 30
+# epochs (2026-12-01).
+SAME_RUN_RTOL = 1e-3
 
 
 def measure(configs_: list[str], values: list[int], rounds: int, epochs: int | None) -> dict:
@@ -54,7 +61,7 @@ def measure(configs_: list[str], values: list[int], rounds: int, epochs: int | N
                          "ratio_max": max(ratios), "test_loss": losses[name, k],
                          "test_loss_of_one_step_per_call": losses[name, values[0]],
                          "same_run": math.isclose(losses[name, k], losses[name, values[0]],
-                                                  rel_tol=1e-5)})
+                                                  rel_tol=SAME_RUN_RTOL)})
     return {"rounds": rounds, "epochs": epochs, "rows": rows}
 
 
@@ -63,7 +70,8 @@ def markdown(result: dict, device: str) -> str:
              f"`python -m benchmarks.steps_per_call`: the harness's train time (checkpoints "
              f"off), median of {result['rounds']} interleaved rounds; ratio = time with K "
              "steps per call / time with 1, the median of per-round ratios [min-max].", "",
-             "| config | steps_per_call | train time (s) | ratio | test loss (K / 1) | same run |",
+             "| config | steps_per_call | train time (s) | ratio | test loss (K / 1) | same run "
+             f"(rel. {SAME_RUN_RTOL:g}) |",
              "|---|---|---|---|---|---|"]
     for row in result["rows"]:
         lines.append(f"| {row['config']} | {row['steps_per_call']} | {row['train_time_s']:.2f} "

@@ -33,14 +33,14 @@ POLL_TIMEOUT_S = 180  # waiting for the checkpoints that trigger the signal
 PEER_GRACE_S = 20  # how long a process may outlive a failed peer
 
 # The same command for every one-process run of this file.
-SINGLE = ["--config", "digits_mlp", "--set", "epochs=3", "--set", "checkpoint_every_steps=3",
+SINGLE = ["--config", "digits_mlp", "--set", "steps_per_call=1", "--set", "epochs=3", "--set", "checkpoint_every_steps=3",
           "--set", "batch_size=64", "--set", "model_kwargs.hidden_sizes=32,",
           "--parallel", "none", "--no-progress"]
 # Two processes x 2 CPU devices, data parallel over the 4 devices. The processes share
 # their stop flags every 10 steps; 18 steps an epoch (23 without a validation split), so
 # a stop at 10, 20 or 30 is mid-epoch. With a validation split, each epoch end also saves
 # the best checkpoint (WORKDIR/best) at the same step as the latest one.
-SHARDED = ["--config", "digits_mlp", "--set", "epochs=2", "--set", "checkpoint_every_steps=4",
+SHARDED = ["--config", "digits_mlp", "--set", "steps_per_call=1", "--set", "epochs=2", "--set", "checkpoint_every_steps=4",
            "--set", "batch_size=64", "--set", "model_kwargs.hidden_sizes=32,",
            "--parallel", "shard", "--no-progress"]
 SHARDED_VARIANTS = {  # name: (extra flags, steps of the whole run)
