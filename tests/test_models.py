@@ -237,6 +237,20 @@ def test_max_pool_2x2_gives_a_tied_windows_gradient_to_one_position():
     assert float(grad.sum()) == 1.0 and float(grad[0, 0, 0, 0]) == 1.0
 
 
+def test_max_pool_2x2_sends_each_gradient_to_the_first_maximum_or_the_first_nan():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, (4, 6, 8, 5)).astype(np.float32)  # many ties
+    x[rng.random(x.shape) < 0.15] = np.nan
+    windows = x.reshape(4, 3, 2, 4, 2, 5).transpose(0, 1, 3, 2, 4, 5).reshape(4, 3, 4, 4, 5)
+    out, vjp = jax.vjp(models.max_pool_2x2, jnp.asarray(x))
+    grad = np.asarray(vjp(jnp.ones_like(out))[0])
+    grad_windows = grad.reshape(4, 3, 2, 4, 2, 5).transpose(0, 1, 3, 2, 4, 5).reshape(4, 3, 4, 4, 5)
+    expected = np.argmax(windows, axis=3)  # numpy: the first NaN, else the first maximum
+    np.testing.assert_array_equal(grad_windows.argmax(axis=3), expected)
+    np.testing.assert_array_equal(grad_windows.sum(axis=3), 1.0)
+    np.testing.assert_array_equal(out, np.max(windows, axis=3))  # NaN where a NaN is
+
+
 def test_scanned_resmlp_computes_what_the_unrolled_one_does():
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 10))
     unrolled = models.get("resmlp", depth=3, width=16, scan=False)

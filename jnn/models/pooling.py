@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 
 def _windows(x):
@@ -35,14 +36,32 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     return _windows(x).max(axis=(2, 4))
 
 
+def _max_and_winner(flat):
+    """The max over axis 3 of (B, H/2, W/2, 4, C) and the position that holds it (the
+    first on ties, a NaN winning as in jnp.argmax), in one variadic reduce: one pass over
+    the windows instead of a max and an argmax that each read them (XLA does not merge
+    those, and the duplicate pass cost about 4 ms of the CIFAR-10 CNN's train step)."""
+    position = lax.broadcasted_iota(jnp.int8, flat.shape, 3)
+
+    def keep_first_max(a, b):
+        (a_value, a_position), (b_value, b_position) = a, b
+        a_nan, b_nan = a_value != a_value, b_value != b_value
+        first = a_position < b_position
+        a_wins = jnp.where(a_nan | b_nan, a_nan & (~b_nan | first),
+                           (a_value > b_value) | ((a_value == b_value) & first))
+        return (jnp.where(a_wins, a_value, b_value), jnp.where(a_wins, a_position, b_position))
+
+    init = (jnp.array(-jnp.inf, flat.dtype), jnp.array(0, jnp.int8))
+    return lax.reduce((flat, position), init, keep_first_max, (3,))
+
+
 def _max_pool_fwd(x):
-    flat = _flat_windows(x)
     # The forward pass records which of the four positions won (the first on ties); the
     # backward pass sends the gradient there. Comparing x with the pooled value in the
     # backward pass instead is fragile: XLA may recompute x (say a fused BatchNorm) with
     # different rounding there, and then no position matches and the gradient is lost.
-    winner = jnp.argmax(flat, axis=3).astype(jnp.int8)  # (B, H/2, W/2, C)
-    return flat.max(axis=3), (x.shape, winner)
+    pooled, winner = _max_and_winner(_flat_windows(x))  # (B, H/2, W/2, C) each
+    return pooled, (x.shape, winner)
 
 
 def _max_pool_bwd(res, g):
