@@ -17,6 +17,7 @@ import flax.linen as nn
 from jnn.models.activations import activation_names, get_activation
 from jnn.models.batch_norm import BatchNorm
 from jnn.models.cnn import CNN, CifarCNN
+from jnn.models.convolution import conv_general_dilated
 from jnn.models.dropout import Dropout
 from jnn.models.initializers import get_initializer, initializer_names
 from jnn.models.mlp import MLP, ResMLP
@@ -67,7 +68,8 @@ def get(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
-    "BatchNorm", "CNN", "CifarCNN", "Dropout", "MLP", "ResMLP", "activation_names", "fields",
+    "BatchNorm", "CNN", "CifarCNN", "Dropout", "MLP", "ResMLP", "activation_names",
+    "conv_general_dilated", "fields",
     "get", "get_activation", "get_initializer", "initializer_names", "max_pool_2x2", "names",
     "register",
 ]

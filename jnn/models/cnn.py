@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jnn.models.activations import get_activation
 from jnn.models.batch_norm import BatchNorm
+from jnn.models.convolution import conv_general_dilated
 from jnn.models.dropout import Dropout
 from jnn.models.initializers import get_initializer
 from jnn.models.pooling import max_pool_2x2
@@ -46,7 +47,7 @@ class CNN(nn.Module):
         # A bias before BatchNorm is removed by its mean: its gradient is float noise,
         # which Adam would amplify into full-size steps. BatchNorm's own bias replaces it.
         x = nn.Conv(self.features, (3, 3), padding="VALID", use_bias=not self.batch_norm,
-                    **layer)(x)
+                    conv_general_dilated=conv_general_dilated, **layer)(x)
         if self.batch_norm:  # statistics of the real rows of the global batch
             x = BatchNorm(use_running_average=not train, axis_name=self.axis_name,
                           dtype=self.dtype, param_dtype=self.param_dtype)(x, mask=mask)
@@ -79,8 +80,9 @@ class CifarCNN(nn.Module):
         act = get_activation(self.activation)
         layer = dict(kernel_init=get_initializer(self.kernel_init), dtype=self.dtype,
                      param_dtype=self.param_dtype)
-        x = max_pool_2x2(act(nn.Conv(32, (3, 3), padding=1, **layer)(x)))  # (B, 16, 16, 32)
-        x = max_pool_2x2(act(nn.Conv(64, (3, 3), padding=1, **layer)(x)))  # (B, 8, 8, 64)
+        conv = dict(padding=1, conv_general_dilated=conv_general_dilated, **layer)
+        x = max_pool_2x2(act(nn.Conv(32, (3, 3), **conv)(x)))  # (B, 16, 16, 32)
+        x = max_pool_2x2(act(nn.Conv(64, (3, 3), **conv)(x)))  # (B, 8, 8, 64)
         x = x.reshape((x.shape[0], -1))  # (B, 4096)
         x = act(nn.Dense(120, **layer)(x))
         x = act(nn.Dense(84, **layer)(x))

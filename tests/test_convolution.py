@@ -1,0 +1,95 @@
+"""jnn.models.conv_general_dilated: lax's convolution, with odd channel counts padded on CPU."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jnn import models
+from jnn.models.convolution import conv_general_dilated
+
+
+def _values_and_gradients(conv, x, w, g, **kwargs):
+    out, vjp = jax.vjp(lambda x, w: conv(x, w, (1, 1), [(1, 1), (1, 1)], **kwargs), x, w)
+    return (out, *vjp(g))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 5, 7])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_values_and_gradients_equal_lax_conv_general_dilated(channels, layout):
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(channels), 3)
+    if layout == "NHWC":
+        x = jax.random.normal(kx, (4, 9, 10, channels))
+        w = jax.random.normal(kw, (3, 3, channels, 6))
+        kwargs = {"dimension_numbers": ("NHWC", "HWIO", "NHWC")}
+        g = jax.random.normal(kg, (4, 9, 10, 6))
+    else:  # lax's default layout: NCHW inputs, OIHW kernels
+        x = jax.random.normal(kx, (4, channels, 9, 10))
+        w = jax.random.normal(kw, (6, channels, 3, 3))
+        kwargs = {}
+        g = jax.random.normal(kg, (4, 6, 9, 10))
+    ours = jax.jit(lambda x, w, g: _values_and_gradients(conv_general_dilated, x, w, g,
+                                                         **kwargs))(x, w, g)
+    reference = jax.jit(lambda x, w, g: _values_and_gradients(lax.conv_general_dilated, x, w,
+                                                              g, **kwargs))(x, w, g)
+    for got, want in zip(ours, reference):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _input_features_of_the_convolutions(stablehlo: str) -> list[int]:
+    # "stablehlo.convolution(%2, %3) ... : (tensor<2x8x8x4xf32>, ...": the last dimension of
+    # each convolution's NHWC input
+    return [int(line.split(": (tensor<")[1].split(">")[0].split("x")[-2])
+            for line in stablehlo.splitlines() if "stablehlo.convolution" in line]
+
+
+def test_on_cpu_three_channels_are_convolved_as_four_and_other_platforms_get_lax_itself():
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 5))
+
+    def conv(x, w):
+        return conv_general_dilated(x, w, (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    assert _input_features_of_the_convolutions(jax.jit(conv).lower(x, w).as_text()) == [4]
+    exported = jax.export.export(jax.jit(conv), platforms=["cuda", "tpu"])(x, w)
+    assert set(_input_features_of_the_convolutions(exported.mlir_module())) == {3}
+    even = jax.jit(conv).lower(jnp.ones((2, 8, 8, 2)), jnp.ones((3, 3, 2, 5))).as_text()
+    assert _input_features_of_the_convolutions(even) == [2]
+
+
+def test_grouped_convolutions_are_left_to_lax():
+    x, w = jnp.arange(2 * 6 * 6 * 6.0).reshape(2, 6, 6, 6), jnp.ones((3, 3, 3, 4))
+    dims = ("NHWC", "HWIO", "NHWC")
+    ours = conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dims,
+                                feature_group_count=2)
+    np.testing.assert_array_equal(ours, lax.conv_general_dilated(
+        x, w, (1, 1), "VALID", dimension_numbers=dims, feature_group_count=2))
+
+
+def test_the_cifar_cnn_keeps_its_parameters_and_equals_flax_convolutions():
+    class PlainCifarCNN(nn.Module):  # the same network with lax's convolution
+        @nn.compact
+        def __call__(self, x, train=False):
+            init = nn.initializers.lecun_normal()
+            x = models.max_pool_2x2(nn.relu(nn.Conv(32, (3, 3), padding=1, kernel_init=init)(x)))
+            x = models.max_pool_2x2(nn.relu(nn.Conv(64, (3, 3), padding=1, kernel_init=init)(x)))
+            x = nn.relu(nn.Dense(120, kernel_init=init)(x.reshape((x.shape[0], -1))))
+            x = nn.relu(nn.Dense(84, kernel_init=init)(x))
+            return nn.Dense(10, kernel_init=init)(x)
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 3))
+    model = models.get("cifar_cnn")
+    params = model.init(jax.random.PRNGKey(1), x)
+    plain_params = PlainCifarCNN().init(jax.random.PRNGKey(1), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, plain_params)
+
+    def loss(apply, p):
+        return (apply(p, x) ** 2).mean()
+
+    ours = jax.jit(jax.value_and_grad(lambda p: loss(model.apply, p)))(params)
+    plain = jax.jit(jax.value_and_grad(lambda p: loss(PlainCifarCNN().apply, p)))(params)
+    for got, want in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
