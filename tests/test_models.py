@@ -225,6 +225,7 @@ def test_max_pool_2x2_values_and_gradients_equal_flax_max_pool(shape, values):
     (out, grad), (ref_out, ref_grad) = _pools_and_vjps(x, g)
     assert out.shape == ref_out.shape == pooled_shape and grad.shape == shape
     np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(jax.jit(models.max_pool_2x2)(x), ref_out)  # no gradient
     np.testing.assert_array_equal(grad, ref_grad)  # odd trailing rows/columns get 0
     # each window sends its cotangent to exactly one position
     np.testing.assert_allclose(grad.sum(axis=(1, 2)), g.sum(axis=(1, 2)), rtol=1e-5, atol=1e-5)
@@ -249,6 +250,7 @@ def test_max_pool_2x2_sends_each_gradient_to_the_first_maximum_or_the_first_nan(
     np.testing.assert_array_equal(grad_windows.argmax(axis=3), expected)
     np.testing.assert_array_equal(grad_windows.sum(axis=3), 1.0)
     np.testing.assert_array_equal(out, np.max(windows, axis=3))  # NaN where a NaN is
+    np.testing.assert_array_equal(jax.jit(models.max_pool_2x2)(x), np.max(windows, axis=3))
 
 
 def test_scanned_resmlp_computes_what_the_unrolled_one_does():
