@@ -41,7 +41,8 @@ def test_values_and_gradients_equal_lax_conv_general_dilated(channels, layout):
 
 def _input_features_of_the_convolutions(stablehlo: str) -> list[int]:
     # "stablehlo.convolution(%2, %3) ... : (tensor<2x8x8x4xf32>, ...": the last dimension of
-    # each convolution's NHWC input
+    # each convolution's channels-last input (the transposed convolutions of a gradient
+    # included)
     return [int(line.split(": (tensor<")[1].split(">")[0].split("x")[-2])
             for line in stablehlo.splitlines() if "stablehlo.convolution" in line]
 
@@ -56,17 +57,60 @@ def test_on_cpu_three_channels_are_convolved_as_four_and_other_platforms_get_lax
     assert _input_features_of_the_convolutions(jax.jit(conv).lower(x, w).as_text()) == [4]
     exported = jax.export.export(jax.jit(conv), platforms=["cuda", "tpu"])(x, w)
     assert set(_input_features_of_the_convolutions(exported.mlir_module())) == {3}
-    even = jax.jit(conv).lower(jnp.ones((2, 8, 8, 2)), jnp.ones((3, 3, 2, 5))).as_text()
-    assert _input_features_of_the_convolutions(even) == [2]
+    for channels in (1, 2):  # one (MNIST) and even counts are convolved as they are
+        lowered = jax.jit(conv).lower(jnp.ones((2, 8, 8, channels)),
+                                      jnp.ones((3, 3, channels, 5))).as_text()
+        assert _input_features_of_the_convolutions(lowered) == [channels]
 
 
-def test_grouped_convolutions_are_left_to_lax():
-    x, w = jnp.arange(2 * 6 * 6 * 6.0).reshape(2, 6, 6, 6), jnp.ones((3, 3, 3, 4))
+@pytest.mark.parametrize("groups", [{"feature_group_count": 3}, {"batch_group_count": 2}])
+def test_grouped_convolutions_are_left_to_lax(groups):
+    # 9 input channels, odd: padded they would no longer split into the groups
+    x = jnp.arange(4 * 6 * 6 * 9.0).reshape(4, 6, 6, 9) / 100
+    w = jnp.ones((3, 3, 3, 6)) if "feature_group_count" in groups else jnp.ones((3, 3, 9, 6))
     dims = ("NHWC", "HWIO", "NHWC")
-    ours = conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dims,
-                                feature_group_count=2)
+    ours = jax.jit(lambda x, w: conv_general_dilated(x, w, (1, 1), "VALID",
+                                                     dimension_numbers=dims, **groups))(x, w)
     np.testing.assert_array_equal(ours, lax.conv_general_dilated(
-        x, w, (1, 1), "VALID", dimension_numbers=dims, feature_group_count=2))
+        x, w, (1, 1), "VALID", dimension_numbers=dims, **groups))
+
+
+@pytest.mark.parametrize("case", ["1d", "3d", "strided_dilated", "dimension_numbers_object"])
+def test_other_layouts_strides_and_dilations_equal_lax(case):
+    kx, kw = jax.random.split(jax.random.PRNGKey(7))
+    kwargs, padding = {}, "SAME"
+    if case == "1d":
+        x, w, dims, strides = (jax.random.normal(kx, (3, 11, 5)), jax.random.normal(kw, (3, 5, 4)),
+                               ("NWC", "WIO", "NWC"), (1,))
+    elif case == "3d":
+        x, w = jax.random.normal(kx, (2, 5, 6, 7, 3)), jax.random.normal(kw, (2, 3, 3, 3, 4))
+        dims, strides = ("NDHWC", "DHWIO", "NDHWC"), (1, 1, 1)
+    else:
+        x, w = jax.random.normal(kx, (2, 13, 12, 3)), jax.random.normal(kw, (3, 3, 3, 4))
+        dims, strides = ("NHWC", "HWIO", "NHWC"), (2, 1)
+        kwargs, padding = {"rhs_dilation": (2, 2), "lhs_dilation": (1, 2)}, [(1, 1), (2, 0)]
+        if case == "dimension_numbers_object":  # as flax.linen.Conv passes them
+            dims = lax.conv_dimension_numbers(x.shape, w.shape, dims)
+
+    def loss(conv, x, w):
+        out = conv(x, w, strides, padding, dimension_numbers=dims, **kwargs)
+        return (out * jnp.cos(out)).sum(), out
+
+    ours = jax.jit(jax.value_and_grad(lambda x, w: loss(conv_general_dilated, x, w),
+                                      argnums=(0, 1), has_aux=True))(x, w)
+    plain = jax.jit(jax.value_and_grad(lambda x, w: loss(lax.conv_general_dilated, x, w),
+                                       argnums=(0, 1), has_aux=True))(x, w)
+    for got, want in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    padded = jax.jit(lambda x, w: loss(conv_general_dilated, x, w)).lower(x, w).as_text()
+    assert set(_input_features_of_the_convolutions(padded)) == {8 if case == "1d" else 4}
+
+
+def test_a_bad_layout_gets_lax_own_error():
+    with pytest.raises(TypeError, match="dimension_numbers list/tuple must be length 3"):
+        conv_general_dilated(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 2)), (1, 1), "SAME",
+                             dimension_numbers=("NHWC", "HWIO"))
 
 
 def test_the_cifar_cnn_keeps_its_parameters_and_equals_flax_convolutions():

@@ -253,6 +253,16 @@ def test_max_pool_2x2_sends_each_gradient_to_the_first_maximum_or_the_first_nan(
     np.testing.assert_array_equal(jax.jit(models.max_pool_2x2)(x), np.max(windows, axis=3))
 
 
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.bool_, jnp.bfloat16,
+                                   jnp.float8_e4m3fn])
+def test_max_pool_2x2_pools_every_dtype_like_flax(dtype):
+    x = jax.random.randint(jax.random.PRNGKey(0), (2, 6, 5, 3), -100, 100).astype(dtype)
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(models.max_pool_2x2)(x)).astype(np.float32),
+        np.asarray(nn.max_pool(x.astype(jnp.float32), (2, 2), (2, 2)).astype(dtype)
+                   ).astype(np.float32))
+
+
 def test_scanned_resmlp_computes_what_the_unrolled_one_does():
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 10))
     unrolled = models.get("resmlp", depth=3, width=16, scan=False)

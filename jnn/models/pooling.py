@@ -4,15 +4,18 @@ XLA lowers the gradient of `flax.linen.max_pool` to select_and_scatter, which on
 took 37 ms of a 64 ms MNIST CNN step on this project's machines. Here the gradient's
 forward pass reshapes the input into windows and records, in one reduce, the max of each
 and which position won; the gradient is a one-hot multiply. Without a gradient the
-pooled values are XLA's reduce_window. On a (128, 26, 26, 32) input the gradient takes about 11 ms
-against flax's 42 ms on 2 CPU cores (`tests/test_models.py` checks that values and
-gradients are identical, the first maximum winning ties as in select_and_scatter).
+pooled values are XLA's reduce_window. On a (128, 26, 26, 32) input the gradient takes
+about 11 ms against flax's 42 ms on 2 CPU cores (`tests/test_models.py` checks that values
+and gradients are identical for inputs without NaN, the first maximum winning ties as in
+select_and_scatter; a window holding a NaN sends its gradient to its first NaN, as
+jnp.argmax picks it).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -34,11 +37,24 @@ def _flat_windows(x):
 @jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max pooling with stride 2 over an NHWC array: (B, H, W, C) -> (B, H//2, W//2, C)."""
-    # Without a gradient (eval, predict) XLA's own reduce_window: the CPU backend fuses it
-    # with the convolution before it (eval steps 0.84x on the MNIST CNN, 0.87x on CIFAR-10
-    # against a reshape and max); the gradient's forward pass is _max_pool_fwd.
-    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, 2, 2, 1),
-                             (1, 2, 2, 1), "VALID")
+    # Without a gradient (eval, predict) XLA's own reduce_window, which the CPU backend
+    # takes into one YNNPACK fusion with the layers around it (the MNIST CNN's whole eval
+    # forward pass is one fused op): eval steps 0.84x on the MNIST CNN, 0.87x on CIFAR-10
+    # against a reshape and max. The gradient's forward pass is _max_pool_fwd.
+    return lax.reduce_window(x, _lowest(x.dtype), lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                             "VALID")
+
+
+def _lowest(dtype) -> jax.Array:
+    """The identity of max for `dtype`: -inf, the lowest finite value of a float type
+    without infinities, the lowest integer, or False."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating):
+        minus_inf = np.array(-np.inf).astype(dtype)  # NaN where the type has no infinity
+        return jnp.array(minus_inf if np.isinf(minus_inf) else jnp.finfo(dtype).min, dtype)
+    if jnp.issubdtype(dtype, jnp.integer):
+        return jnp.array(jnp.iinfo(dtype).min, dtype)
+    return jnp.array(False, dtype)
 
 
 def _max_and_winner(flat):
@@ -56,7 +72,7 @@ def _max_and_winner(flat):
                            (a_value > b_value) | ((a_value == b_value) & first))
         return (jnp.where(a_wins, a_value, b_value), jnp.where(a_wins, a_position, b_position))
 
-    init = (jnp.array(-jnp.inf, flat.dtype), jnp.array(0, jnp.int8))
+    init = (_lowest(flat.dtype), jnp.array(0, jnp.int8))
     return lax.reduce((flat, position), init, keep_first_max, (3,))
 
 
