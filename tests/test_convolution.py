@@ -64,8 +64,10 @@ def test_on_cpu_three_channels_are_convolved_as_four_and_other_platforms_get_lax
 
 
 @pytest.mark.parametrize("groups", [{"feature_group_count": 3}, {"batch_group_count": 2}])
-def test_grouped_convolutions_are_left_to_lax(groups):
-    # 9 input channels, odd: padded they would no longer split into the groups
+def test_grouped_convolutions_equal_lax(groups):
+    # 9 input channels, odd. Feature groups are left to lax: padded, the channels would no
+    # longer split into the groups. Batch groups split the batch and the output features,
+    # so the padded channels are summed like any others.
     x = jnp.arange(4 * 6 * 6 * 9.0).reshape(4, 6, 6, 9) / 100
     w = jnp.ones((3, 3, 3, 6)) if "feature_group_count" in groups else jnp.ones((3, 3, 9, 6))
     dims = ("NHWC", "HWIO", "NHWC")

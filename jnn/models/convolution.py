@@ -11,8 +11,8 @@ of 4, and the kernel with zero input rows to match: the same sums with zeros add
 the outputs and gradients equal those of the plain convolution up to float rounding (the
 order of the additions changes). The kernel's gradient for the added rows is dropped by
 the slice, so parameters keep their shape. Other platforms get
-`lax.conv_general_dilated` itself, and so do grouped convolutions. XLA's FLOP count of
-a padded convolution includes the zero channels.
+`lax.conv_general_dilated` itself, and so do convolutions with feature groups. XLA's FLOP
+count of a padded convolution includes the zero channels.
 
 Pass it to a Flax convolution: `nn.Conv(32, (3, 3), conv_general_dilated=conv_general_dilated)`;
 jnn's CNNs do.
@@ -43,7 +43,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
             feature_group_count, batch_group_count, precision, preferred_element_type,
             out_sharding=out_sharding)
 
-    if feature_group_count != 1 or batch_group_count != 1:
+    if feature_group_count != 1:  # padded channels would not split into the groups
         return plain(lhs, rhs)
     # every form lax accepts (None, specs as strings, ConvDimensionNumbers), checked by lax
     numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
