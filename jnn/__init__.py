@@ -4,19 +4,22 @@
     model = jnn.models.get("cnn", num_outputs=10)       # or a Linen / NNX module of yours
     tx = jnn.make_optimizer("adam", 1e-3)                # or any optax transformation
     state = jnn.create_train_state(model, tx, jax.random.PRNGKey(0), sample_x)
-    train_step = jax.jit(jnn.make_train_step("cross_entropy"))
+    train_step = jax.jit(jnn.make_train_step("cross_entropy"), donate_argnums=0,
+                         compiler_options=jnn.train_compiler_options())
     state, metrics = train_step(state, {"x": x, "y": y, "mask": mask})
     jnn.summarize(jnn.sum_metrics([metrics]))            # {"loss": ..., "accuracy": ...}
 
-The public API is the list below: the state, the steps, objectives, metrics, the model
-adapter, optimizers, and the modules parallel, multistep (several steps per compiled
-call), ensemble, per_example, dp_sgd, precision, models and data.
+The public API is the list below: the state, the steps, the XLA options to compile a
+train step with, objectives, metrics, the model adapter, optimizers, and the modules
+parallel, multistep (several steps per compiled call), ensemble, per_example, dp_sgd,
+precision, models and data.
 """
 
 import importlib
 
 from jnn import (dp_sgd, ensemble, losses, metrics, models, multistep, objectives, parallel,
                  per_example, precision)
+from jnn.compiler_options import train_compiler_options
 from jnn.metrics import sum_metrics, summarize
 from jnn.model import LinenModel, NNXModel, as_model, from_linen, from_nnx
 from jnn.optim import make_optimizer, make_schedule, optimizer_names, schedule_names
@@ -37,7 +40,7 @@ def __getattr__(name):
 __all__ = [
     # state and steps
     "TrainState", "create_train_state", "make_train_step", "make_eval_step", "predict",
-    "parameter_count",
+    "parameter_count", "train_compiler_options",
     # models: the adapter over Linen and NNX, and jnn's own models
     "as_model", "from_linen", "from_nnx", "LinenModel", "NNXModel", "models",
     # objectives, metrics, optimizers

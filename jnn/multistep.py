@@ -4,7 +4,8 @@ Each call of a jitted step costs a dispatch (about 0.3 ms on a CPU host), which 
 the step itself for small models. `scan_steps` runs K consecutive steps inside one
 program, like Keras's steps_per_execution:
 
-    multi_step = jax.jit(jnn.multistep.scan_steps(jnn.make_train_step()), donate_argnums=0)
+    multi_step = jax.jit(jnn.multistep.scan_steps(jnn.make_train_step()), donate_argnums=0,
+                         compiler_options=jnn.train_compiler_options())
     batches = jnn.multistep.stack_batches([b0, b1, b2], steps=4)   # (4, B, ...) + a pad
     state, metrics = multi_step(state, batches)                    # metrics: (4, ...) each
 

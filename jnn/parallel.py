@@ -27,6 +27,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jnn.compiler_options import train_compiler_options
+
 DATA_AXIS = "data"
 PMAP_AXIS = "batch"
 
@@ -198,9 +200,10 @@ def create_sharded_train_state(module, tx, rng, sample, mesh: Mesh, *, fsdp: boo
 class ShardedStep:
     """A step jitted with explicit shardings (see `jit_sharded`); lowers on first use.
 
-    Whether the state is donated follows from what the step returns: a train step
-    `(state, batch) -> (state, metrics)` donates it (when `donate`), an eval step
-    `(state, batch) -> metrics` never does.
+    What the step returns tells a train step `(state, batch) -> (state, metrics)` from an
+    eval step `(state, batch) -> metrics`. A train step donates the state (when `donate`)
+    and is compiled with `jnn.train_compiler_options` for the mesh's platform; an eval
+    step does neither.
     """
 
     def __init__(self, step: Callable, shardings, mesh: Mesh, donate: bool, batch_axis: int):
@@ -214,9 +217,11 @@ class ShardedStep:
                          and jax.tree.structure(out[0]) == jax.tree.structure(state))
         in_shardings = (self._shardings, batch_sharding(self._mesh, self._batch_axis))
         if returns_state:
+            platform = self._mesh.devices.flat[0].platform
             self._jitted = jax.jit(self._step, in_shardings=in_shardings,
                                    out_shardings=(self._shardings, replicated(self._mesh)),
-                                   donate_argnums=0 if self._donate else ())
+                                   donate_argnums=0 if self._donate else (),
+                                   compiler_options=train_compiler_options(platform))
         else:
             self._jitted = jax.jit(self._step, in_shardings=in_shardings,
                                    out_shardings=replicated(self._mesh))
@@ -240,6 +245,6 @@ def jit_sharded(step: Callable, state, mesh: Mesh, *, fsdp: bool = False,
     """jax.jit of a single-device step `(state, batch) -> (state, metrics)` or
     `(state, batch) -> metrics` with explicit shardings: state as `state_shardings`,
     batch split over "data" along `batch_axis` (1 for jnn.multistep's (K, B, ...)
-    stacks), metrics replicated. A train step donates the state when `donate`; an eval
-    step never does."""
+    stacks), metrics replicated. A train step donates the state when `donate` and is
+    compiled with `jnn.train_compiler_options`; an eval step does neither."""
     return ShardedStep(step, state_shardings(state, mesh, fsdp=fsdp), mesh, donate, batch_axis)

@@ -20,6 +20,14 @@ def make_model(name: str, axis_name: str | None = None):
     return jnn.models.get(spec.family, axis_name=axis_name)
 
 
+def train_jit(step):
+    """jax.jit of a train step as jnn recommends: the state donated, and jnn's compiler
+    options for the backend. A jnn from before those options (benchmarks.versus_revision
+    runs older revisions with this worker) compiles with XLA's defaults."""
+    options = getattr(jnn, "train_compiler_options", dict)()
+    return jax.jit(step, donate_argnums=0, compiler_options=options)
+
+
 def build(spec: dict) -> Bench:
     model_name, transform = spec["model"], spec["transform"]
     x, y = random_batch(model_spec(model_name).input_shape, spec["batch"])
@@ -34,14 +42,14 @@ def build(spec: dict) -> Bench:
     if transform == "vmap":
         state = jnn.ensemble.create_ensemble_state(model, tx, list(range(spec["ensemble"])), x[:1])
         params = jnn.ensemble.member(state, 0).params
-        train_fn = jax.jit(jnn.ensemble.ensemble_step(jnn.make_train_step()), donate_argnums=0)
+        train_fn = train_jit(jnn.ensemble.ensemble_step(jnn.make_train_step()))
         eval_fn = jax.jit(jnn.ensemble.make_ensemble_eval_step())
         batch = jax.device_put(batch)
     else:
         state = jnn.create_train_state(model, tx, key, x[:1])
         params = state.params
         if transform == "jit":
-            train_fn = jax.jit(jnn.make_train_step(), donate_argnums=0)
+            train_fn = train_jit(jnn.make_train_step())
             eval_fn = jax.jit(jnn.make_eval_step())
             batch = jax.device_put(batch)
         elif transform == "shard":
