@@ -62,6 +62,8 @@ def test_the_option_moves_convolutions_out_of_ynnpack_and_keeps_its_dots(cnn_cas
     assert "convolution" in default
     assert "convolution" not in optioned
     assert {"dot", "reduce"} <= optioned
+    # single dots: no elementwise work fused into them (that made a vmap of the CNN slower)
+    assert not {"multiply", "select", "maximum"} & optioned
 
 
 def test_a_step_compiled_with_the_options_computes_the_default_steps_values(cnn_case):
