@@ -30,8 +30,8 @@ import jax
 # is a full list, not a change to XLA's default, so a kind that a later XLA adds to its
 # default is left out here; tests/test_compiler_options.py checks that the option still
 # moves convolutions out of YNNPACK and keeps its dots and reductions. DOT in place of
-# INDIVIDUAL_DOT also fuses elementwise ops into the dots: it made a single-member vmap
-# of the MNIST CNN 2.3x slower (the pooling gradient's multiply fused into a dot).
+# INDIVIDUAL_DOT also fuses other ops into the dots: it made a single-member vmap of the
+# MNIST CNN 2.3x slower (the pooling gradient's broadcast and multiply fused into a dot).
 CPU_YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
 

@@ -61,9 +61,9 @@ def test_the_option_moves_convolutions_out_of_ynnpack_and_keeps_its_dots(cnn_cas
     # If this fails after a jax upgrade, see CPU_YNN_FUSION_TYPES in jnn/compiler_options.py
     assert "convolution" in default
     assert "convolution" not in optioned
-    assert {"dot", "reduce"} <= optioned
-    # single dots: no elementwise work fused into them (that made a vmap of the CNN slower)
-    assert not {"multiply", "select", "maximum"} & optioned
+    # single dots and reductions, nothing fused into them: the list DOT also fuses the
+    # pooling gradient's broadcast into a dot, which made a vmap of the CNN 2.3x slower
+    assert {"dot", "reduce"} <= optioned <= {"dot", "reduce", "parameter"}
 
 
 def test_a_step_compiled_with_the_options_computes_the_default_steps_values(cnn_case):
