@@ -65,6 +65,9 @@ def main(argv=None) -> int:
                         "benchmarks/results/<machine>)")
     parser.add_argument("--rounds", type=int, metavar="N", help="rounds of interleaved "
                         "timing (default: 5 with --quick, else 12)")
+    parser.add_argument("--allocator", choices=plan.ALLOCATOR_CHOICES, default="harness",
+                        help="which workers keep freed memory (train.allocator): harness "
+                        "(default), jnn's alone, as python -m train runs it; all; none")
     parser.add_argument("--report", metavar="DIR", help="only rewrite DIR/results.md and the "
                         "plots from DIR/results.json (no measuring)")
     args = parser.parse_args(argv)
@@ -73,7 +76,8 @@ def main(argv=None) -> int:
 
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    specs = plan.make_plan(quick=args.quick, only=args.only, rounds=args.rounds)
+    specs = plan.make_plan(quick=args.quick, only=args.only, rounds=args.rounds,
+                           allocator=args.allocator)
     if not specs:
         print(f"error: --only {args.only!r} matches no measurement; try '*/mlp/*'",
               file=sys.stderr)
@@ -103,6 +107,7 @@ def main(argv=None) -> int:
         "machine": {**info, "matmul_flops_per_s": matmul_flops},
         "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "settings": {"quick": args.quick, "only": args.only, "batch": plan.BATCH,
+                     "allocator": args.allocator,
                      "warmup": specs[0]["warmup"], "repeats": specs[0]["repeats"],
                      "rounds": specs[0]["rounds"], "min_round_ms": specs[0]["min_round_ms"]},
         "parameter_count_problems": check_parameter_counts(records),

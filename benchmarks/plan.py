@@ -29,9 +29,24 @@ def spec_name(spec: dict) -> str:
             f"k{spec['ensemble']}")
 
 
-def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None) -> list[dict]:
+# Which workers keep freed memory in the process (train.allocator): "harness", jnn's alone,
+# as `python -m train` runs it (the peers as their users run them, with glibc's defaults);
+# "all" or "none", every framework alike.
+ALLOCATOR_CHOICES = ("harness", "all", "none")
+
+
+def keeps_freed_memory(framework: str, allocator: str) -> bool:
+    """Whether `framework`'s worker calls train.allocator.keep_freed_memory()."""
+    if allocator not in ALLOCATOR_CHOICES:
+        raise ValueError(f"allocator must be one of {ALLOCATOR_CHOICES}, not {allocator!r}")
+    return allocator == "all" or (allocator == "harness" and framework == "jnn")
+
+
+def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None,
+              allocator: str = "harness") -> list[dict]:
     """The specs of a run, in order. `only`: an fnmatch pattern on `spec_name`; `rounds`:
-    instead of the default rounds (5 quick, 12 full)."""
+    instead of the default rounds (5 quick, 12 full); `allocator`: one of
+    ALLOCATOR_CHOICES."""
     timing = {**(QUICK_TIMING if quick else FULL_TIMING)}
     if rounds is not None:
         if rounds < 1:
@@ -40,7 +55,8 @@ def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None
 
     def spec(framework, model, transform="jit", devices=1, ensemble=1):
         return {"framework": framework, "model": model, "transform": transform,
-                "devices": devices, "ensemble": ensemble, "batch": BATCH, **timing}
+                "devices": devices, "ensemble": ensemble, "batch": BATCH, **timing,
+                "keep_freed_memory": keeps_freed_memory(framework, allocator)}
 
     depths = QUICK_DEPTHS if quick else FULL_DEPTHS
     plan = [spec(f, m) for m in SEED_MODELS for f in FRAMEWORKS]

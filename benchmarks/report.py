@@ -147,6 +147,19 @@ def _timing_sentence(settings: dict) -> str:
             "falls on all of them alike.")
 
 
+def _allocator_sentence(settings: dict) -> str:
+    """Which workers kept freed memory (train.allocator); runs before the setting had none."""
+    allocator = settings.get("allocator")
+    if allocator is None:
+        return ""
+    return {"harness": " jnn's workers keep freed memory in the process, as `python -m train` "
+                       "does (train.allocator: glibc's mmap off, its trim threshold 2 GiB); the "
+                       "peers run with glibc's defaults, as their users run them.",
+            "all": " Every worker keeps freed memory in the process (train.allocator: glibc's "
+                   "mmap off, its trim threshold 2 GiB), the peers too.",
+            "none": " Every worker runs with glibc's malloc defaults, jnn's too."}[allocator]
+
+
 def _flops_section(results: dict) -> list[str]:
     peaks = results["machine"].get("matmul_flops_per_s")
     if not peaks:  # results from before the suite measured it
@@ -175,7 +188,7 @@ def write_markdown(results: dict, path: str) -> None:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, devices {machine['devices']}; "
         f"versions {machine['versions']}.",
         f"Command: `{results['command']}`; batch {results['settings']['batch']}, "
-        f"{_timing_sentence(results['settings'])}",
+        f"{_timing_sentence(results['settings'])}{_allocator_sentence(results['settings'])}",
         "",
         "Ratios are this framework's time over the reference's in the same run (below 1: "
         "faster). "

@@ -33,6 +33,12 @@ LATER_ROUND_WARMUP = 1
 
 def _configure(spec: dict) -> None:
     """Environment that must be set before jax / torch are imported."""
+    if spec.get("keep_freed_memory"):
+        from train.allocator import keep_freed_memory
+
+        reason = keep_freed_memory()
+        if reason is not None:
+            print(f"freed memory is not kept: {reason}", file=sys.stderr)
     if spec["devices"] > 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={spec['devices']}")

@@ -157,6 +157,28 @@ def test_the_plan_times_each_model_and_transform_as_one_group_of_rounds():
     assert [s["ensemble"] for s in by_key["mlp", "vmap"]] == [1, 4, 16]
 
 
+def test_jnn_alone_keeps_freed_memory_unless_the_run_says_all_or_none(monkeypatch, tmp_path):
+    def keeping(allocator):
+        specs = plan.make_plan(quick=True, only="*/mlp/jit/*", allocator=allocator)
+        return {s["framework"] for s in specs if s["keep_freed_memory"]}
+
+    assert keeping("harness") == {"jnn"}
+    assert keeping("all") == set(frameworks.FRAMEWORKS)
+    assert keeping("none") == set()
+    with pytest.raises(ValueError, match="allocator must be one of"):
+        plan.make_plan(quick=True, allocator="jemalloc")
+    from train import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)  # _configure's cache folder
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "KERAS_BACKEND"):  # restored after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    for keep in (False, True):
+        worker._configure({"devices": 1, "cache_dir": str(tmp_path), "keep_freed_memory": keep})
+    assert calls == [1]
+
+
 class FakeWorker:
     """Stands in for interleave.WorkerProcess: logs what it is asked; keras fails to build
     and torch fails in the second round. Its steps take as many ms as log entries so far."""

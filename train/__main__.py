@@ -163,6 +163,9 @@ def train_command(args) -> int:
         return 0
     _initialize_distributed(args)
     _use_compilation_cache()
+    from train.allocator import keep_freed_memory
+
+    keep_freed_memory()  # XLA's per-step buffers reuse freed pages (JNN_KEEP_FREED_MEMORY=0: off)
     _quiet_libraries()
     from train.loop import train_and_evaluate
 
