@@ -89,3 +89,22 @@ def test_jit_sharded_compiles_train_steps_with_the_options_and_eval_steps_withou
     evaluate = jnn.parallel.jit_sharded(jnn.make_eval_step(), state, mesh, donate=False)
     assert "convolution" not in ynn_fused_ops(train.lower(state, batch).compile().as_text())
     assert "convolution" in ynn_fused_ops(evaluate.lower(state, batch).compile().as_text())
+
+
+def test_the_harness_compiles_pmap_train_steps_with_the_options(monkeypatch):
+    """jax.pmap takes no compiler options: the harness gives them to its ahead-of-time compile.
+    Marked by an option that takes every op out of YNNPACK: the digits CNN's dense layers
+    are YNNPACK dots otherwise, as in its eval step."""
+    from train import config as configs
+    from train import loop, runner
+
+    config = configs.get_config("digits_cnn")
+    config.update({"parallel": "pmap", "batch_size": 8 * jax.local_device_count(),
+                   "steps_per_call": 1})
+    dataset = jnn.data.load(config["dataset"], data_dir=config["data_dir"],
+                            validation_fraction=config["validation_fraction"])
+    monkeypatch.setattr(jnn, "train_compiler_options", lambda platform=None: {YNN_KEY: ""})
+    built = runner.build_runner(config, dataset, loop.make_batches(config, dataset, "train")[0])
+    assert built.mode == "pmap"
+    assert ynn_fused_ops(built.train_step.as_text()) == set()
+    assert "dot" in ynn_fused_ops(built.eval_step.as_text())

@@ -166,11 +166,11 @@ def _steps(config: dict, dataset: jnn.data.Dataset, axis_name: str | None = None
                                           compute_dtype=config["compute_dtype"])
 
 
-def _compile(fn, *args) -> tuple[Callable, float, float]:
+def _compile(fn, *args, compiler_options: dict | None = None) -> tuple[Callable, float, float]:
     start = time.perf_counter()
     lowered = fn.lower(*args)
     lowered_at = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=compiler_options)
     return compiled, lowered_at - start, time.perf_counter() - lowered_at
 
 
@@ -184,6 +184,7 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
     k = config["steps_per_call"]
     axis = 1 if k > 1 else 0  # the batch axis of what the train step takes: (K, B, ...)
     identity = lambda sums: sums  # noqa: E731
+    train_options = None  # jit_sharded gives its train steps jnn.train_compiler_options itself
     if mode in ("none", "shard"):  # one sharded-jit path: a single device is a mesh of one
         if mode == "shard":
             configs.check_batch_divides(batch_size, jax.device_count())
@@ -218,15 +219,19 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
 
         reduce = lambda sums: jax.tree.map(lambda v: v[0], sums)  # noqa: E731
         devices = jax.device_count()
+        if jax.process_count() == 1:  # (several processes call pmap itself: see below)
+            train_options = jnn.train_compiler_options(jax.local_devices()[0].platform)
     else:
         raise ValueError(f"unknown parallel mode {mode!r}; choose auto, none, pmap or shard")
     place, place_steps = placer(0), placer(axis)
     sample_steps = sample_batch if k == 1 else jnn.multistep.stack_batches([sample_batch] * k, k)
-    train_step, train_lower, train_compile = _compile(train_jit, state, place_steps(sample_steps))
+    train_step, train_lower, train_compile = _compile(train_jit, state, place_steps(sample_steps),
+                                                      compiler_options=train_options)
     eval_step, eval_lower, eval_compile = _compile(eval_jit, state, place(sample_batch))
     if mode == "pmap" and jax.process_count() > 1:
         # pmap's programs for several processes take global arrays: its own call makes them
-        # from this process's arrays (and finds the programs in the compilation cache)
+        # from this process's arrays (and finds the programs in the compilation cache, which
+        # is why they were compiled without jnn's train compiler options: pmap takes none)
         train_step, eval_step = train_jit, eval_jit
     timings = {"train_lower_s": train_lower, "train_compile_s": train_compile,
                "eval_lower_s": eval_lower, "eval_compile_s": eval_compile}
