@@ -19,7 +19,7 @@ import importlib
 
 from jnn import (dp_sgd, ensemble, losses, metrics, models, multistep, objectives, parallel,
                  per_example, precision)
-from jnn.compiler_options import train_compiler_options
+from jnn.compiler_options import init_compiler_options, train_compiler_options
 from jnn.metrics import sum_metrics, summarize
 from jnn.model import LinenModel, NNXModel, as_model, from_linen, from_nnx
 from jnn.optim import make_optimizer, make_schedule, optimizer_names, schedule_names
@@ -40,7 +40,7 @@ def __getattr__(name):
 __all__ = [
     # state and steps
     "TrainState", "create_train_state", "make_train_step", "make_eval_step", "predict",
-    "parameter_count", "train_compiler_options",
+    "parameter_count", "train_compiler_options", "init_compiler_options",
     # models: the adapter over Linen and NNX, and jnn's own models
     "as_model", "from_linen", "from_nnx", "LinenModel", "NNXModel", "models",
     # objectives, metrics, optimizers

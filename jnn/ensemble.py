@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import optax
 
 from jnn import objectives as objectives_lib
-from jnn.state import TrainState, as_batch, create_train_state
+from jnn.model import as_model
+from jnn.state import TrainState, as_batch, initial_arrays, new_train_state, run_once
 from jnn.step import predict
 
 
@@ -40,13 +41,19 @@ def create_ensemble_state(module, tx: optax.GradientTransformation, seeds: Seque
                          f"{len(seeds)} members; give one per member")
     tx = with_learning_rate_scale(tx)
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    states = jax.vmap(lambda key: create_train_state(module, tx, key, sample,
-                                                     **model_options))(keys)
+    model = as_model(module, **model_options)
+    params, model_state, rngs = run_once(_members_initial_arrays, model, keys, as_batch(sample))
+    states = jax.vmap(lambda p, m, r: new_train_state(model, tx, p, m, r))(params, model_state,
+                                                                            rngs)
     if learning_rate_scales is not None:
         scales = jnp.asarray(learning_rate_scales, jnp.float32)
         states = states.replace(opt_state=optax.tree_utils.tree_set(states.opt_state,
                                                                     step_size=scales))
     return states
+
+
+def _members_initial_arrays(model, keys, batch):
+    return jax.vmap(lambda key: initial_arrays(model, key, batch))(keys)
 
 
 def ensemble_step(train_step: Callable) -> Callable:

@@ -198,6 +198,11 @@ class NNXModel:
     def name(self) -> str:
         return getattr(self.graphdef, "type", type(self)).__name__
 
+    @property
+    def fresh_init(self) -> bool:
+        """Whether `init` makes new values (from a factory) rather than return its own."""
+        return self.factory is not None
+
     def _rng_state(self, rng: jax.Array) -> dict:
         keys = [jax.random.wrap_key_data(jax.random.fold_in(rng, i))
                 for i in range(len(self.rng_key_paths))]

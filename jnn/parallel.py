@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jnn.compiler_options import train_compiler_options
+from jnn.compiler_options import init_compiler_options, train_compiler_options
 
 DATA_AXIS = "data"
 PMAP_AXIS = "batch"
@@ -194,7 +194,9 @@ def create_sharded_train_state(module, tx, rng, sample, mesh: Mesh, *, fsdp: boo
         return create_train_state(module, tx, key, sample, **create_options)
 
     shardings = state_shardings(jax.eval_shape(create, rng), mesh, fsdp=fsdp)
-    return jax.jit(create, out_shardings=shardings)(rng)
+    platform = mesh.devices.flat[0].platform
+    return jax.jit(create, out_shardings=shardings,
+                   compiler_options=init_compiler_options(platform))(rng)
 
 
 class ShardedStep:

@@ -9,7 +9,8 @@ arrays are all there is to transform, shard or checkpoint.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from jnn.compiler_options import init_compiler_options
 from jnn.model import Model, as_model
 from jnn.precision import DynamicLossScale
 
@@ -77,11 +79,64 @@ def create_train_state(module, tx: optax.GradientTransformation, rng: jax.Array,
       model_options: for the adapter (inputs, mode, mask; see jnn.model).
     """
     model = as_model(module, **model_options)
+    params, model_state, state_rng = run_once(initial_arrays, model, rng, as_batch(sample))
+    return new_train_state(model, tx, params, model_state, state_rng, loss_scale)
+
+
+def initial_arrays(model: Model, rng: jax.Array, batch: dict):
+    """(params, model_state, the state's rng) of `model` initialised from `rng` on `batch`."""
     init_rng, _, state_rng = jax.random.split(rng, 3)  # the split of jnn 0.1: same inits
-    params, model_state = model.init(init_rng, as_batch(sample))
+    params, model_state = model.init(init_rng, batch)
+    return params, model_state, state_rng
+
+
+def new_train_state(model: Model, tx: optax.GradientTransformation, params, model_state,
+                    rng: jax.Array, loss_scale: DynamicLossScale | None = None) -> TrainState:
+    """A state at step 0 around initial arrays, with the optimizer's initial state."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      model_state=model_state, rng=state_rng, loss_scale=loss_scale,
-                      model=model, tx=tx)
+                      model_state=model_state, rng=rng, loss_scale=loss_scale, model=model,
+                      tx=tx)
+
+
+def run_once(init: Callable, model: Model, *args):
+    """`init(model, *args)`, compiled as one program with `init_compiler_options` (eager
+    dispatch compiles a program per operation: 3-5x slower for the seed models' init) and
+    kept for equal models, or run as it is where compiling does not apply: when it is
+    already being traced (the enclosing jit or vmap compiles it), when an argument is not
+    an array, when the model's init returns values it holds (an NNX instance: they would
+    become constants of the program), when the model is not hashable, or when the module's
+    init needs concrete values (Python control flow on data)."""
+    if _compiles(model, args):
+        try:
+            return _compiled(init, jax.default_backend())(model, *args)
+        except _NEEDS_CONCRETE_VALUES:
+            pass
+    return init(model, *args)
+
+
+# What a module's init raises when it needs concrete values
+_NEEDS_CONCRETE_VALUES = (jax.errors.ConcretizationTypeError,
+                          jax.errors.TracerArrayConversionError,
+                          jax.errors.TracerIntegerConversionError)
+
+
+def _compiles(model: Model, args) -> bool:
+    leaves = jax.tree.leaves(args)
+    if not getattr(model, "fresh_init", True) or any(isinstance(x, jax.core.Tracer)
+                                                     for x in leaves):
+        return False
+    if not all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves):
+        return False
+    try:
+        hash(model)
+    except TypeError:
+        return False
+    return True
+
+
+@functools.cache
+def _compiled(init: Callable, platform: str) -> Callable:
+    return jax.jit(init, static_argnums=0, compiler_options=init_compiler_options(platform))
 
 
 def array_fields(state: TrainState) -> dict:

@@ -104,7 +104,10 @@ def test_other_layouts_strides_and_dilations_equal_lax(case):
                                        argnums=(0, 1), has_aux=True))(x, w)
     for got, want in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
         assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+        # float32 rounding of sums in another order, relative to the largest value: the
+        # gradient of out * cos(out) multiplies an output's rounding by up to |out| (about
+        # 35 here; 1.6e-4 relative to one element on a CPU without AVX-512)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * float(np.abs(want).max()))
     padded = jax.jit(lambda x, w: loss(conv_general_dilated, x, w)).lower(x, w).as_text()
     assert set(_input_features_of_the_convolutions(padded)) == {8 if case == "1d" else 4}
 
