@@ -194,3 +194,38 @@ def test_restoring_from_a_missing_checkpoint_names_the_fix(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         restore_state(str(tmp_path / "nothing"), None)
+
+
+TENSORBOARD_WITHOUT_TORCH = """
+import sys
+sys.path.insert(0, {root!r})
+if sys.argv[1] == "torch first":
+    import torch
+from train.loop import _summary_writer
+writer = _summary_writer()(sys.argv[2])
+writer.add_scalar("loss", 0.5, 1)
+writer.close()
+print("torch" in sys.modules)
+import torch  # importable again afterwards
+print(torch.ones(1).item())
+"""
+
+
+@pytest.mark.parametrize("order", ["harness first", "torch first"])
+def test_tensorboard_logs_without_importing_torch(tmp_path, order):
+    """tensorboardX imports torch when it is installed (1-2.4 s of a run's start-up); the
+    harness keeps it out, and leaves a torch that was imported already alone."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", TENSORBOARD_WITHOUT_TORCH.format(root=root), order,
+                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    loaded_during, after = result.stdout.split("\n")[:2]
+    assert loaded_during == ("True" if order == "torch first" else "False")
+    assert after == "1.0"
+    events = [name for name in os.listdir(tmp_path) if name.startswith("events.out.tfevents")]
+    assert events and os.path.getsize(tmp_path / events[0]) > 0

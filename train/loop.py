@@ -18,6 +18,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from typing import Callable
 
@@ -216,6 +217,22 @@ def _rewrite_metrics(path: str, up_to_step: int) -> None:
     os.replace(f"{path}.tmp", path)
 
 
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch
+    when it is installed, only to accept torch tensors (the harness writes floats): 1-2.4 s
+    of a run's start-up on 2 cores. An import of torch during tensorboardX's own import
+    fails, as if torch were absent, unless something imported torch already."""
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # `import torch` raises ImportError while this is None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if blocked:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class _Logs:
     """metrics.jsonl and TensorBoard event files (process 0 only)."""
 
@@ -225,11 +242,9 @@ class _Logs:
         self.board = None
         if enabled:
             _rewrite_metrics(self.metrics_path, first_step)
-            from tensorboardX import SummaryWriter
-
             # purge_step: TensorBoard drops events an interrupted run wrote after first_step
-            self.board = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                       purge_step=first_step + 1 if first_step else None)
+            self.board = _summary_writer()(os.path.join(workdir, "tensorboard"),
+                                           purge_step=first_step + 1 if first_step else None)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
