@@ -59,10 +59,10 @@ def init_compiler_options(platform: str | None = None) -> dict[str, str]:
     """The XLA compiler options for a program that runs once, such as a state's init
     (`jnn.create_train_state` uses them): on CPU, LLVM's optimization level 1 instead of
     XLA's default. An init's program is mostly random-number kernels, one per parameter;
-    at level 1 the seed models' init compiled 3-5x faster (CIFAR-10 CNN 1.5 s against 6.6 s
+    at level 1 the seed models' init took 3-4x less time (CIFAR-10 CNN 1.5 s against 6.6 s
     eager and 3.7 s at the default level, 2-core CPU), with the same bits as the default
     level and as eager dispatch (tests/test_state_init.py checks). Level 0 is faster still
-    but changes the last bit of some values (no fused multiply-adds), so it is not used.
+    but changes the last bit of some values, so it is not used.
     Other backends get no options."""
     platform = _checked(platform)
     return {"xla_backend_optimization_level": 1} if platform == "cpu" else {}

@@ -100,7 +100,7 @@ def new_train_state(model: Model, tx: optax.GradientTransformation, params, mode
 
 def run_once(init: Callable, model: Model, *args):
     """`init(model, *args)`, compiled as one program with `init_compiler_options` (eager
-    dispatch compiles a program per operation: 3-5x slower for the seed models' init) and
+    dispatch compiles a program per operation: 3-4x slower for the seed models' init) and
     kept for equal models, or run as it is where compiling does not apply: when it is
     already being traced (the enclosing jit or vmap compiles it), when an argument is not
     an array, when the model's init returns values it holds (an NNX instance: they would
