@@ -214,9 +214,14 @@ def test_the_harness_on_two_processes_equals_one_process_and_only_process_0_writ
     restored_two, restored_one = _restored(two, digits), _restored(one, digits)
     assert int(restored_two["step"]) == 72
     assert jax.tree.structure(restored_two) == jax.tree.structure(restored_one)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
-                                                         rtol=1e-5, atol=1e-6),
-                 restored_two, restored_one)
+    # Two processes sum gradients in another order than one: after 72 Adam steps a few
+    # elements differ by more than rounding, where a gradient near zero makes Adam's
+    # m / sqrt(v) sensitive (on a CPU without AVX-512, a bias element 0.0128 against
+    # 0.0128084). Tolerance relative to each array's largest value; a lost or doubled
+    # gradient moves every element by far more.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-3 * float(np.abs(b).max())),
+        restored_two, restored_one)
 
 
 def test_the_harness_under_pmap_on_two_processes_trains_checkpoints_and_resumes_like_one_device(
