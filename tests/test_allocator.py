@@ -3,6 +3,7 @@ pages the previous step freed instead of page-faulting fresh ones from the kerne
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -41,8 +42,7 @@ def _median_faults_per_step(mode: str) -> int:
     result = subprocess.run([sys.executable, "-c", FAULTS_OF_EACH_STEP.format(root=ROOT), mode],
                             capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
-    faults = sorted(int(line) for line in result.stdout.split()[-9:])
-    return faults[len(faults) // 2]
+    return statistics.median_low(int(line) for line in result.stdout.split()[-9:])
 
 
 @glibc_only

@@ -1,6 +1,9 @@
 """End to end: every config trains briefly through the real data path; nothing recompiles."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import tensorflow_datasets as tfds
@@ -202,7 +205,7 @@ sys.path.insert(0, {root!r})
 if sys.argv[1] == "torch first":
     import torch
 from train.loop import _summary_writer
-writer = _summary_writer()(sys.argv[2])
+writer = _summary_writer(sys.argv[2], purge_step=None)
 writer.add_scalar("loss", 0.5, 1)
 writer.close()
 print("torch" in sys.modules)
@@ -215,14 +218,11 @@ print(torch.ones(1).item())
 def test_tensorboard_logs_without_importing_torch(tmp_path, order):
     """tensorboardX imports torch when it is installed (1-2.4 s of a run's start-up); the
     harness keeps it out, and leaves a torch that was imported already alone."""
-    import os
-    import subprocess
-    import sys
-
     pytest.importorskip("torch")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", TENSORBOARD_WITHOUT_TORCH.format(root=root), order,
-                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+    probe = TENSORBOARD_WITHOUT_TORCH.format(root=root)
+    result = subprocess.run([sys.executable, "-c", probe, order, str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     loaded_during, after = result.stdout.split("\n")[:2]
     assert loaded_during == ("True" if order == "torch first" else "False")

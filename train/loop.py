@@ -217,8 +217,8 @@ def _rewrite_metrics(path: str, up_to_step: int) -> None:
     os.replace(f"{path}.tmp", path)
 
 
-def _summary_writer():
-    """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch
+def _summary_writer(logdir: str, purge_step: int | None):
+    """A tensorboardX SummaryWriter, with tensorboardX imported without PyTorch. tensorboardX imports torch
     when it is installed, only to accept torch tensors (the harness writes floats): 1-2.4 s
     of a run's start-up on 2 cores. An import of torch during tensorboardX's own import
     fails, as if torch were absent, unless something imported torch already."""
@@ -230,7 +230,7 @@ def _summary_writer():
     finally:
         if blocked:
             del sys.modules["torch"]
-    return SummaryWriter
+    return SummaryWriter(logdir, purge_step=purge_step)
 
 
 class _Logs:
@@ -243,8 +243,8 @@ class _Logs:
         if enabled:
             _rewrite_metrics(self.metrics_path, first_step)
             # purge_step: TensorBoard drops events an interrupted run wrote after first_step
-            self.board = _summary_writer()(os.path.join(workdir, "tensorboard"),
-                                           purge_step=first_step + 1 if first_step else None)
+            self.board = _summary_writer(os.path.join(workdir, "tensorboard"),
+                                         purge_step=first_step + 1 if first_step else None)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
