@@ -8,11 +8,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 
 from benchmarks import plan, report
 
 PEERS = ("flax", "nnx", "keras", "torch", "torch-compile")
+# Two runs whose measured matmul throughputs differ by more than this are on unlike machines.
+MATMUL_TOLERANCE = 0.25
+
+
+def machine_differences(first: dict, second: dict) -> list[str]:
+    """How the machines of two runs (results.json's "machine") differ, in words: CPU model,
+    vector instruction set, cores, measured matmul throughput, library versions. Empty
+    when nothing recorded in both differs."""
+    out = []
+    for key, what in (("cpu", "CPU"), ("vector_isa", "vector instructions"), ("cores", "cores")):
+        a, b = first.get(key), second.get(key)
+        if a is not None and b is not None and a != b and "unknown" not in (a, b):
+            out.append(f"{what} {a} vs {b}")
+    peaks = [statistics.median(m["matmul_flops_per_s"]) if m.get("matmul_flops_per_s") else None
+             for m in (first, second)]
+    if None not in peaks and abs(peaks[1] / peaks[0] - 1.0) > MATMUL_TOLERANCE:
+        out.append(f"matmul {peaks[0] / 1e9:.0f} vs {peaks[1] / 1e9:.0f} GFLOP/s")
+    versions = [m.get("versions") or {} for m in (first, second)]
+    changed = sorted(k for k in set(versions[0]) & set(versions[1])
+                     if versions[0][k] != versions[1][k])
+    if changed:
+        out.append("versions of " + ", ".join(
+            f"{k} ({versions[0][k]} vs {versions[1][k]})" for k in changed))
+    return out
 
 
 def ratio_differences(first: list[dict], second: list[dict]) -> list[dict]:
@@ -35,14 +60,18 @@ def ratio_differences(first: list[dict], second: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], first: str, second: str) -> list[str]:
+def markdown(rows: list[dict], first: str, second: str, machines: list[str] = ()) -> list[str]:
     def fmt(r):
         return f"{r[0]:.2f}x ({r[1]:.2f}–{r[2]:.2f})"
 
     lines = [f"jnn's step-time ratio to each peer in `{first}` and in `{second}`, and the "
-             "second's median over the first's.", "",
-             "| model | step | jnn / | first | second | difference |",
-             "|---|---|---|---:|---:|---:|"]
+             "second's median over the first's.", ""]
+    if machines:
+        lines += ["The two runs come from unlike machines (" + "; ".join(machines) + "): a "
+                  "ratio to a framework with kernels of its own (PyTorch's) need not carry from "
+                  "one to the other. Compare runs from one machine.", ""]
+    lines += ["| model | step | jnn / | first | second | difference |",
+              "|---|---|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['step']} | {r['peer']} | {fmt(r['first'])} | "
                      f"{fmt(r['second'])} | {r['difference']:+.0%} |")
@@ -60,15 +89,18 @@ def main(argv=None) -> int:
     parser.add_argument("second")
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
-    runs = []
+    runs, machines = [], []
     for path in (args.first, args.second):
         try:
             with open(path) as f:
-                runs.append(json.load(f)["records"])
-        except (OSError, ValueError, KeyError) as err:
+                results = json.load(f)
+            runs.append(results["records"])
+            machines.append(results.get("machine") or {})
+        except (OSError, ValueError, KeyError, TypeError) as err:
             print(f"error: cannot read {path} as a results.json ({err})", file=sys.stderr)
             return 2
-    text = "\n".join(markdown(ratio_differences(*runs), args.first, args.second)) + "\n"
+    text = "\n".join(markdown(ratio_differences(*runs), args.first, args.second,
+                              machine_differences(*machines))) + "\n"
     print(text, end="")
     if args.out:
         with open(args.out, "w") as f:

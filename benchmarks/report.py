@@ -187,13 +187,19 @@ def _flops_section(results: dict) -> list[str]:
     ]
 
 
+def _isa_words(machine: dict) -> str:
+    isa = machine.get("vector_isa")
+    return f" ({isa.upper()})" if isa and isa != "unknown" else ""
+
+
 def write_markdown(results: dict, path: str) -> None:
     records, machine = results["records"], results["machine"]
     errors = [r for r in records if r.get("error")]
     text = [
         "# jnn benchmarks",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, devices {machine['devices']}; "
+        f"Machine: {machine['cpu']}{_isa_words(machine)}, {machine['cores']} cores, devices "
+        f"{machine['devices']}; "
         f"versions {machine['versions']}.",
         f"Command: `{results['command']}`; batch {results['settings']['batch']}, "
         f"{_timing_sentence(results['settings'])}{_allocator_sentence(results['settings'])}",

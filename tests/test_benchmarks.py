@@ -396,8 +396,42 @@ def test_compare_runs_gives_each_ratio_in_both_runs_and_their_difference(tmp_pat
     text = (tmp_path / "cmp.md").read_text()
     assert "| mlp | train | flax | 0.50x (0.50–0.60) | 0.55x (0.55–0.66) | +10% |" in text
     assert "Largest difference: +10%" in text
+    assert "unlike machines" not in text
     assert compare_runs.main([str(tmp_path / "missing.json"), paths[1]]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_compare_runs_says_when_the_two_runs_come_from_unlike_machines(tmp_path):
+    from benchmarks import compare_runs
+
+    first = {"cpu": "A", "vector_isa": "avx512", "cores": 2, "matmul_flops_per_s": [300e9, 320e9],
+             "versions": {"jax": "1", "torch": "2"}}
+    assert compare_runs.machine_differences(first, dict(first)) == []
+    # within 25% of the matmul throughput, and an ISA not recorded: alike
+    assert compare_runs.machine_differences(first, {**first, "vector_isa": "unknown",
+                                                    "matmul_flops_per_s": [250e9]}) == []
+    second = {**first, "vector_isa": "avx2", "matmul_flops_per_s": [118e9],
+              "versions": {"jax": "1", "torch": "3"}}
+    assert compare_runs.machine_differences(first, second) == [
+        "vector instructions avx512 vs avx2", "matmul 310 vs 118 GFLOP/s",
+        "versions of torch (2 vs 3)"]
+    paths = []
+    for name, machine in (("a.json", first), ("b.json", second)):
+        (tmp_path / name).write_text(json.dumps({**_synthetic_results(), "machine": machine}))
+        paths.append(str(tmp_path / name))
+    assert compare_runs.main(paths + ["--out", str(tmp_path / "cmp.md")]) == 0
+    assert ("unlike machines (vector instructions avx512 vs avx2; matmul 310 vs 118 GFLOP/s"
+            in (tmp_path / "cmp.md").read_text())
+
+
+def test_the_machine_record_names_the_widest_vector_instructions():
+    from benchmarks import machine
+
+    assert machine.vector_isa({"sse4_2", "avx", "avx2", "fma"}) == "avx2"
+    assert machine.vector_isa({"avx2", "avx512f", "avx512bw"}) == "avx512"
+    assert machine.vector_isa({"fp", "asimd"}) == "neon"
+    assert machine.vector_isa(set()) == "unknown"
+    assert machine.describe()["vector_isa"] == machine.vector_isa()
 
 
 def test_steps_per_call_benchmark_times_each_value_against_one_and_checks_the_same_run(
