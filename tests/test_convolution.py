@@ -47,20 +47,51 @@ def _input_features_of_the_convolutions(stablehlo: str) -> list[int]:
             for line in stablehlo.splitlines() if "stablehlo.convolution" in line]
 
 
-def test_on_cpu_three_channels_are_convolved_as_four_and_other_platforms_get_lax_itself():
+def test_on_cpu_three_channels_are_convolved_as_four_where_differentiated():
     x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 5))
 
     def conv(x, w):
         return conv_general_dilated(x, w, (1, 1), "SAME",
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    assert _input_features_of_the_convolutions(jax.jit(conv).lower(x, w).as_text()) == [4]
-    exported = jax.export.export(jax.jit(conv), platforms=["cuda", "tpu"])(x, w)
-    assert set(_input_features_of_the_convolutions(exported.mlir_module())) == {3}
+    def kernel_gradient(x, w):  # as in a train step: the input batch has no gradient
+        return jax.grad(lambda w: (conv(x, w) ** 2).sum())(w)
+
+    # no derivative (eval, predict): as it is; differentiated: padded, and only the
+    # forward and the kernel gradient are convolutions (none for the input's zero tangent)
+    assert _input_features_of_the_convolutions(jax.jit(conv).lower(x, w).as_text()) == [3]
+    gradient_features = _input_features_of_the_convolutions(
+        jax.jit(kernel_gradient).lower(x, w).as_text())
+    assert len(gradient_features) == 2 and gradient_features[0] == 4
+    both = jax.jit(jax.grad(lambda x, w: (conv(x, w) ** 2).sum(), argnums=(0, 1))).lower(x, w)
+    assert len(_input_features_of_the_convolutions(both.as_text())) == 3
+    exported = jax.export.export(jax.jit(kernel_gradient), platforms=["cuda", "tpu"])(x, w)
+    assert 4 not in _input_features_of_the_convolutions(exported.mlir_module())
     for channels in (1, 2):  # one (MNIST) and even counts are convolved as they are
-        lowered = jax.jit(conv).lower(jnp.ones((2, 8, 8, channels)),
-                                      jnp.ones((3, 3, channels, 5))).as_text()
-        assert _input_features_of_the_convolutions(lowered) == [channels]
+        lowered = jax.jit(kernel_gradient).lower(jnp.ones((2, 8, 8, channels)),
+                                                 jnp.ones((3, 3, channels, 5))).as_text()
+        assert _input_features_of_the_convolutions(lowered)[0] == channels
+
+
+def test_forward_mode_and_second_derivatives_equal_lax():
+    kx, kw, kt = jax.random.split(jax.random.PRNGKey(3), 3)
+    x, w = jax.random.normal(kx, (2, 7, 7, 3)), jax.random.normal(kw, (3, 3, 3, 4))
+    x_dot, w_dot = jax.random.normal(kt, x.shape), jax.random.normal(kt, w.shape)
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.tanh(conv(x, w, (1, 1), "SAME",
+                                                  dimension_numbers=dims)) ** 2)
+
+    for conv in (conv_general_dilated,):
+        ours, want = loss(conv), loss(lax.conv_general_dilated)
+        got = jax.jit(lambda: jax.jvp(ours, (x, w), (x_dot, w_dot)))()
+        ref = jax.jit(lambda: jax.jvp(want, (x, w), (x_dot, w_dot)))()
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref[1])))
+        # Hessian-vector products, forward over reverse, in the kernel and the input
+        hvp = lambda f: jax.jvp(jax.grad(f, argnums=(0, 1)), (x, w), (x_dot, w_dot))[1]  # noqa: E731
+        for g, r in zip(jax.jit(lambda: hvp(ours))(), jax.jit(lambda: hvp(want))()):
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
 
 
 @pytest.mark.parametrize("groups", [{"feature_group_count": 3}, {"batch_group_count": 2}])
@@ -108,8 +139,12 @@ def test_other_layouts_strides_and_dilations_equal_lax(case):
         # gradient of out * cos(out) multiplies an output's rounding by up to |out| (about
         # 35 here; 1.6e-4 relative to one element on a CPU without AVX-512)
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * float(np.abs(want).max()))
-    padded = jax.jit(lambda x, w: loss(conv_general_dilated, x, w)).lower(x, w).as_text()
-    assert set(_input_features_of_the_convolutions(padded)) == {8 if case == "1d" else 4}
+    # differentiated, the forward convolution (the first) is of the padded input; without a
+    # derivative, of the input as it is
+    padded = jax.jit(jax.grad(lambda x, w: loss(conv_general_dilated, x, w)[0])).lower(x, w)
+    assert _input_features_of_the_convolutions(padded.as_text())[0] == (8 if case == "1d" else 4)
+    plain = jax.jit(lambda x, w: loss(conv_general_dilated, x, w)).lower(x, w).as_text()
+    assert _input_features_of_the_convolutions(plain) == [x.shape[-1]]
 
 
 def test_a_bad_layout_gets_lax_own_error():
