@@ -16,11 +16,11 @@ The padding happens only where a derivative is taken: a train step, and any jax.
 jax.jvp or composition of them, differentiates the padded convolution (a custom JVP rule).
 Without a derivative (an eval step, prediction) the input is convolved as it is: XLA's
 CPU backend then hands the convolution to YNNPACK, for which the zero channels are only
-more work (CIFAR-10 CNN eval step: 0.87x the time of the padded one, 2-core AVX2 CPU).
-The measurements above are of XLA's own convolution kernels, which a train step compiled
-with `jnn.train_compiler_options()` uses. Other platforms get `lax.conv_general_dilated`
-itself, and so do convolutions with feature groups. XLA's FLOP count of a padded
-convolution includes the zero channels.
+more work (CIFAR-10 CNN eval step: 0.87-0.94x the time of the padded one, 2-core AVX2
+CPU). The measurements above are of XLA's own convolution kernels, which a train step
+compiled with `jnn.train_compiler_options()` uses. Other platforms get
+`lax.conv_general_dilated` itself, and so do convolutions with feature groups. XLA's FLOP
+count of a padded convolution includes the zero channels.
 
 Pass it to a Flax convolution: `nn.Conv(32, (3, 3), conv_general_dilated=conv_general_dilated)`;
 jnn's CNNs do.
