@@ -218,10 +218,11 @@ def _rewrite_metrics(path: str, up_to_step: int) -> None:
 
 
 def _summary_writer(logdir: str, purge_step: int | None):
-    """A tensorboardX SummaryWriter, with tensorboardX imported without PyTorch. tensorboardX imports torch
-    when it is installed, only to accept torch tensors (the harness writes floats): 1-2.4 s
-    of a run's start-up on 2 cores. An import of torch during tensorboardX's own import
-    fails, as if torch were absent, unless something imported torch already."""
+    """A tensorboardX SummaryWriter, with tensorboardX imported without PyTorch.
+    tensorboardX imports torch when it is installed, only to accept torch tensors (the
+    harness writes floats): 1-2.4 s of a run's start-up on 2 cores. An import of torch
+    during tensorboardX's own import fails, as if torch were absent, unless something
+    imported torch already."""
     blocked = "torch" not in sys.modules
     if blocked:
         sys.modules["torch"] = None  # `import torch` raises ImportError while this is None
