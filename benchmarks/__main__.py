@@ -4,13 +4,16 @@
     python -m benchmarks --out benchmarks/results/cpu-2core   # the full run, about 45 min
     python -m benchmarks --only '*/mlp/jit/*'         # one model, every framework
     python -m benchmarks --quick --rounds 7           # more rounds: tighter ratios
+    python -m benchmarks --only '*/mlp/jit/*' --compile-rounds 5   # more cold compiles
 
 Every measurement runs in its own fresh process (python -m benchmarks.worker), so that
 frameworks never share thread pools. The measurements compared with each other (the
 frameworks of one model; the ensemble sizes or device counts of one transform) are timed
 interleaved: all their processes build and compile, one after another, then take turns
 timing steps over several rounds (benchmarks.interleave), and every ratio in the report is
-the median of its per-round ratios, with their spread. JAX-based frameworks and
+the median of its per-round ratios, with their spread; under jit each framework also
+compiles cold several times, each in a fresh process, in rounds of their own (compile
+ratios: the median of per-round ratios, like step ratios). JAX-based frameworks and
 torch.compile run a second fresh process on the filled persistent cache for the warm
 compile time. Writes DIR/results.json, DIR/results.md and PNG plots.
 """
@@ -65,6 +68,9 @@ def main(argv=None) -> int:
                         "benchmarks/results/<machine>)")
     parser.add_argument("--rounds", type=int, metavar="N", help="rounds of interleaved "
                         "timing (default: 5 with --quick, else 12)")
+    parser.add_argument("--compile-rounds", type=int, metavar="K", help="cold compiles per "
+                        "framework and model under jit, each in a fresh process (default: 1 "
+                        "with --quick, else 3)")
     parser.add_argument("--allocator", choices=plan.ALLOCATOR_CHOICES, default="harness",
                         help="which workers keep freed memory (train.allocator): harness "
                         "(default), jnn's alone, as python -m train runs it; all; none")
@@ -74,10 +80,11 @@ def main(argv=None) -> int:
     if args.report:
         return write_report(args.report)
 
-    if args.rounds is not None and args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    for flag, value in (("--rounds", args.rounds), ("--compile-rounds", args.compile_rounds)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1")
     specs = plan.make_plan(quick=args.quick, only=args.only, rounds=args.rounds,
-                           allocator=args.allocator)
+                           compile_rounds=args.compile_rounds, allocator=args.allocator)
     if not specs:
         print(f"error: --only {args.only!r} matches no measurement; try '*/mlp/*'",
               file=sys.stderr)
@@ -109,7 +116,8 @@ def main(argv=None) -> int:
         "settings": {"quick": args.quick, "only": args.only, "batch": plan.BATCH,
                      "allocator": args.allocator,
                      "warmup": specs[0]["warmup"], "repeats": specs[0]["repeats"],
-                     "rounds": specs[0]["rounds"], "min_round_ms": specs[0]["min_round_ms"]},
+                     "rounds": specs[0]["rounds"], "min_round_ms": specs[0]["min_round_ms"],
+                     "compile_rounds": max(s["compile_rounds"] for s in specs)},
         "parameter_count_problems": check_parameter_counts(records),
         "records": records,
     }

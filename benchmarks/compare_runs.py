@@ -1,5 +1,6 @@
 """Does a rerun reproduce a run's ratios? Per seed model, step and peer, jnn's step-time
-ratio (median of per-round ratios) in each of two results.json files and their difference.
+ratio (median of per-round ratios) in each of two results.json files and their difference;
+and per seed model and compiling peer, jnn's train-step compile-time ratio the same way.
 
     python -m benchmarks.compare_runs RUN/results.json RERUN/results.json [--out FILE.md]
 """
@@ -40,22 +41,28 @@ def machine_differences(first: dict, second: dict) -> list[str]:
     return out
 
 
+# what a row compares: (its name, the step, the ratio of two records)
+MEASURES = (("step time", "train", report.step_ratio), ("step time", "eval", report.step_ratio),
+            ("compile", "train", report.compile_ratio))
+
+
 def ratio_differences(first: list[dict], second: list[dict]) -> list[dict]:
-    """For each seed model, step and peer present in both runs: jnn's ratio to the peer in
-    each run (median, min, max over rounds) and the relative difference of the medians."""
+    """For each seed model, measure (step time of the train and eval steps, compile time of
+    the train step) and peer present in both runs: jnn's ratio to the peer in each run
+    (median, min, max over rounds) and the relative difference of the medians."""
     rows = []
     for model in plan.SEED_MODELS:
-        for step in ("train", "eval"):
+        for measure, step, ratio_of in MEASURES:
             for peer in PEERS:
                 ratios = []
                 for records in (first, second):
                     find = lambda fw: report._find(  # noqa: E731
                         records, framework=fw, model=model, transform="jit", step=step)
-                    ratios.append(report.step_ratio(find("jnn"), find(peer)))
+                    ratios.append(ratio_of(find("jnn"), find(peer)))
                 if None in ratios:
                     continue
-                rows.append({"model": model, "step": step, "peer": peer, "first": ratios[0],
-                             "second": ratios[1],
+                rows.append({"model": model, "measure": measure, "step": step, "peer": peer,
+                             "first": ratios[0], "second": ratios[1],
                              "difference": ratios[1][0] / ratios[0][0] - 1.0})
     return rows
 
@@ -64,21 +71,22 @@ def markdown(rows: list[dict], first: str, second: str, machines: list[str] = ()
     def fmt(r):
         return f"{r[0]:.2f}x ({r[1]:.2f}–{r[2]:.2f})"
 
-    lines = [f"jnn's step-time ratio to each peer in `{first}` and in `{second}`, and the "
-             "second's median over the first's.", ""]
+    lines = [f"jnn's step-time and compile-time ratios to each peer in `{first}` and in "
+             f"`{second}`, and the second's median over the first's.", ""]
     if machines:
         lines += ["The two runs come from unlike machines (" + "; ".join(machines) + "): a "
                   "ratio to a framework with kernels of its own (PyTorch's) need not carry from "
                   "one to the other. Compare runs from one machine.", ""]
-    lines += ["| model | step | jnn / | first | second | difference |",
-              "|---|---|---|---:|---:|---:|"]
+    lines += ["| model | measure | step | jnn / | first | second | difference |",
+              "|---|---|---|---|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['step']} | {r['peer']} | {fmt(r['first'])} | "
-                     f"{fmt(r['second'])} | {r['difference']:+.0%} |")
-    if rows:
-        worst = max(rows, key=lambda r: abs(r["difference"]))
-        lines += ["", f"Largest difference: {worst['difference']:+.0%} ({worst['model']} "
-                      f"{worst['step']}, jnn / {worst['peer']})."]
+        lines.append(f"| {r['model']} | {r['measure']} | {r['step']} | {r['peer']} | "
+                     f"{fmt(r['first'])} | {fmt(r['second'])} | {r['difference']:+.0%} |")
+    for measure in dict.fromkeys(r["measure"] for r in rows):
+        worst = max((r for r in rows if r["measure"] == measure),
+                    key=lambda r: abs(r["difference"]))
+        lines += ["", f"Largest difference in {measure}: {worst['difference']:+.0%} "
+                      f"({worst['model']} {worst['step']}, jnn / {worst['peer']})."]
     return lines
 
 

@@ -7,9 +7,12 @@ spec["repeats"] train steps each, one worker at a time, then eval steps the same
 other workers wait idle on stdin. The order rotates by one each round (A B C, B C A,
 C A B, ...), so no worker always follows the same one. A ratio between two specs is then
 taken within each round, where both saw the same machine, and reported as the median of the
-per-round ratios with their spread (report.step_ratio). Last, JAX-based frameworks and
-torch.compile build once more in a fresh process on the filled persistent cache, for the
-warm compile time.
+per-round ratios with their spread (report.step_ratio). Cold compile times are sampled the
+same way: with spec["compile_rounds"] = K, each spec builds K - 1 more times, each in a
+fresh process with an empty persistent cache, in rounds that rotate like the timing rounds
+(round_compile_s, report.compile_ratio): one cold compile per framework is a single sample
+of a noisy machine. Last, JAX-based frameworks and torch.compile build once more in a
+fresh process on the filled persistent cache, for the warm compile time.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import tempfile
 import time
 from typing import Callable, NoReturn
 
-from benchmarks import frameworks, worker
+from benchmarks import frameworks, timing, worker
 from benchmarks.plan import spec_name
 
 WORKER_TIMEOUT_S = 900  # to build, or to answer one command
@@ -113,6 +116,37 @@ class WorkerProcess:
         raise WorkerError(f"worker exited {returncode}: {(tail or ['no output'])[0][:300]}")
 
 
+def _sample_cold_compiles(specs: list[dict], records: dict, rounds_ms: dict, errors: dict,
+                          cache_root: str, start: Callable[[dict], WorkerProcess],
+                          progress: Callable[[str], None]) -> None:
+    """Fills each compiling record's round_compile_s: its own cold compile seconds, then
+    one more per further round of spec["compile_rounds"], each from a fresh compile-only
+    process with an empty cache, the specs' order rotating by round. A spec whose worker
+    fails here goes into `errors`."""
+    for i, spec_records in records.items():
+        for record in spec_records:
+            if record.get("compile_s") is not None:
+                record["round_compile_s"] = [timing.cold_compile_s(record)]
+    compile_rounds = max((specs[i].get("compile_rounds", 1) for i in records), default=1)
+    for round_index in range(1, compile_rounds):
+        progress(f"cold compile {round_index + 1}/{compile_rounds}")
+        for i in rotated(list(records), round_index):
+            if i in errors or specs[i].get("compile_rounds", 1) <= round_index or not any(
+                    "round_compile_s" in record for record in records[i]):
+                continue
+            try:
+                cold = start({**specs[i], "compile_only": True,
+                              "cache_dir": tempfile.mkdtemp(dir=cache_root)})
+                cold.close()
+            except WorkerError as err:
+                errors[i] = str(err)
+                continue
+            for record, cold_record in zip(records[i], cold.records):
+                if "round_compile_s" in record:  # first-call frameworks: minus a timed step
+                    cold_record = worker.finish(cold_record, rounds_ms[i][record["step"]])
+                    record["round_compile_s"].append(timing.cold_compile_s(cold_record))
+
+
 def rotated(items: list, round_index: int) -> list:
     """`items` starting at position round_index (mod their count): the order of a round."""
     shift = round_index % len(items) if items else 0
@@ -156,8 +190,9 @@ def measure_group(specs: list[dict], cache_root: str, *, rounds: int,
 
     records = {i: [worker.finish(record, rounds_ms[i][record["step"]])
                    for record in workers[i].records] for i in workers if i not in errors}
+    _sample_cold_compiles(specs, records, rounds_ms, errors, cache_root, start, progress)
     for i in records:
-        if specs[i]["framework"] not in warm_frameworks:
+        if specs[i]["framework"] not in warm_frameworks or i in errors:
             continue
         progress(f"warm compile {spec_name(specs[i])}")
         try:

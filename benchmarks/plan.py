@@ -21,6 +21,12 @@ BATCH = 128  # the seed's batch size
 # 3 ms of timing, so min_round_ms times it over about 200 steps a round instead).
 QUICK_TIMING = {"warmup": 3, "repeats": 3, "rounds": 5, "min_round_ms": 100.0}
 FULL_TIMING = {"warmup": 5, "repeats": 3, "rounds": 12, "min_round_ms": 200.0}
+# cold compiles per framework and model under jit, each in a fresh process (the compile
+# ratios are medians of per-round ratios, like the step ratios); other transforms compile
+# once. One cold compile per framework gave jnn/flax on the MLP 1.03x, 1.12x and 1.54x in
+# three runs on one host.
+QUICK_COMPILE_ROUNDS = 1
+FULL_COMPILE_ROUNDS = 3
 
 
 def spec_name(spec: dict) -> str:
@@ -43,19 +49,24 @@ def keeps_freed_memory(framework: str, allocator: str) -> bool:
 
 
 def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None,
-              allocator: str = "harness") -> list[dict]:
+              compile_rounds: int | None = None, allocator: str = "harness") -> list[dict]:
     """The specs of a run, in order. `only`: an fnmatch pattern on `spec_name`; `rounds`:
-    instead of the default rounds (5 quick, 12 full); `allocator`: one of
+    instead of the default rounds (5 quick, 12 full); `compile_rounds`: cold compiles per
+    spec under jit, instead of the default (1 quick, 3 full); `allocator`: one of
     ALLOCATOR_CHOICES."""
     timing = {**(QUICK_TIMING if quick else FULL_TIMING)}
+    for name, value in (("rounds", rounds), ("compile_rounds", compile_rounds)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, not {value}")
     if rounds is not None:
-        if rounds < 1:
-            raise ValueError(f"rounds must be >= 1, not {rounds}")
         timing["rounds"] = rounds
+    if compile_rounds is None:
+        compile_rounds = QUICK_COMPILE_ROUNDS if quick else FULL_COMPILE_ROUNDS
 
     def spec(framework, model, transform="jit", devices=1, ensemble=1):
         return {"framework": framework, "model": model, "transform": transform,
                 "devices": devices, "ensemble": ensemble, "batch": BATCH, **timing,
+                "compile_rounds": compile_rounds if transform == "jit" else 1,
                 "keep_freed_memory": keeps_freed_memory(framework, allocator)}
 
     depths = QUICK_DEPTHS if quick else FULL_DEPTHS

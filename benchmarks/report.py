@@ -1,11 +1,14 @@
 """results.md (tables with ratios to the hand-written Flax step and to PyTorch eager) and
 the PNG plots, from the records of one run. A step-time ratio is the median of its
-per-round ratios, with their min-max (`step_ratio`)."""
+per-round ratios, with their min-max (`step_ratio`); so is a compile-time ratio, over the
+rounds of cold compiles (`compile_ratio`)."""
 
 from __future__ import annotations
 
 import os
 import statistics
+
+from benchmarks.timing import cold_compile_s
 
 FRAMEWORK_ORDER = ("jnn", "flax", "nnx", "keras", "torch", "torch-compile")
 
@@ -21,10 +24,15 @@ def _fmt(value, digits=2):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _ratio(value, reference):
-    if value is None or not reference:
-        return "—"
-    return f"{value / reference:.2f}x"
+def _per_round_ratio(values, references, value, reference) -> tuple[float, float, float]:
+    """(median, min, max) of the ratios of per-round values taken in the same rounds; the
+    ratio of `value` to `reference`, thrice, where either has no rounds or their counts
+    differ (results from before rounds)."""
+    if values and references and len(values) == len(references) and all(references):
+        ratios = [v / r for v, r in zip(values, references)]
+        return statistics.median(ratios), min(ratios), max(ratios)
+    ratio = value / reference
+    return ratio, ratio, ratio
 
 
 def step_ratio(record, reference) -> tuple[float, float, float] | None:
@@ -34,31 +42,40 @@ def step_ratio(record, reference) -> tuple[float, float, float] | None:
     give the ratio of their step_ms, thrice. None when either has no step time."""
     if not (record and reference and record.get("step_ms") and reference.get("step_ms")):
         return None
-    values, references = record.get("round_step_ms"), reference.get("round_step_ms")
-    if values and references and len(values) == len(references) and all(references):
-        ratios = [v / r for v, r in zip(values, references)]
-        return statistics.median(ratios), min(ratios), max(ratios)
-    ratio = record["step_ms"] / reference["step_ms"]
-    return ratio, ratio, ratio
+    return _per_round_ratio(record.get("round_step_ms"), reference.get("round_step_ms"),
+                            record["step_ms"], reference["step_ms"])
 
 
-def _step_ratio(record, reference) -> str:
-    """A step_ratio as "0.98x (0.95–1.02)"; as "0.98x" where it has no spread (the
-    reference itself, one round, or results from before rounds)."""
-    ratio = step_ratio(record, reference)
+def compile_total(record) -> float | None:
+    """Cold trace + lower + compile seconds (what a user waits for before the first step):
+    the median over the run's cold compiles (round_compile_s), or its one cold compile."""
+    if record is None or record.get("compile_s") is None:
+        return None
+    if record.get("round_compile_s"):
+        return statistics.median(record["round_compile_s"])
+    return cold_compile_s(record)
+
+
+def compile_ratio(record, reference) -> tuple[float, float, float] | None:
+    """`record`'s cold compile time over `reference`'s, as step_ratio does step times: the
+    median, min and max of the ratios of the cold compiles of the same round. None when
+    either does not compile."""
+    value, base = compile_total(record), compile_total(reference)
+    if value is None or not base:
+        return None
+    return _per_round_ratio(record.get("round_compile_s"), reference.get("round_compile_s"),
+                            value, base)
+
+
+def _with_spread(ratio: tuple[float, float, float] | None) -> str:
+    """A ratio as "0.98x (0.95–1.02)"; as "0.98x" where it has no spread (the reference
+    itself, one round, or results from before rounds); "—" for None."""
     if ratio is None:
         return "—"
     median, low, high = ratio
     if low == high:
         return f"{median:.2f}x"
     return f"{median:.2f}x ({low:.2f}–{high:.2f})"
-
-
-def compile_total(record) -> float | None:
-    """Cold trace + lower + compile seconds (what a user waits for before the first step)."""
-    if record is None or record.get("compile_s") is None:
-        return None
-    return sum(record[k] or 0.0 for k in ("trace_s", "lower_s", "compile_s"))
 
 
 def models_in(records, transform="jit"):
@@ -81,9 +98,25 @@ def headline_table(records, step="train") -> list[str]:
                 continue
             lines.append(
                 f"| {model} | {fw} | {_fmt(r['step_ms'])} | "
-                f"{_step_ratio(r, flax)} | {_step_ratio(r, torch)} | "
-                f"{_fmt(compile_total(r))} | {_ratio(compile_total(r), compile_total(flax))} | "
+                f"{_with_spread(step_ratio(r, flax))} | {_with_spread(step_ratio(r, torch))} | "
+                f"{_fmt(compile_total(r))} | {_with_spread(compile_ratio(r, flax))} | "
                 f"{_fmt(r['compile_warm_s'])} |")
+    return lines
+
+
+def compile_speedup_table(records) -> list[str]:
+    """Per seed model, each compiling peer's cold train-step compile time over jnn's (above
+    1: jnn compiles faster), the median of per-round ratios with their spread."""
+    lines = ["| model | peer | peer's compile s | jnn's compile s | peer / jnn |",
+             "|---|---|---:|---:|---:|"]
+    for model in models_in(records):
+        jnn = _find(records, framework="jnn", model=model, transform="jit", step="train")
+        for fw in FRAMEWORK_ORDER[1:]:
+            peer = _find(records, framework=fw, model=model, transform="jit", step="train")
+            ratio = compile_ratio(peer, jnn)
+            if ratio is not None:
+                lines.append(f"| {model} | {fw} | {_fmt(compile_total(peer))} | "
+                             f"{_fmt(compile_total(jnn))} | {_with_spread(ratio)} |")
     return lines
 
 
@@ -209,7 +242,12 @@ def write_markdown(results: dict, path: str) -> None:
         + ("Step ratios are taken round by round and given as the median over rounds "
            "(min–max over rounds); step ms is the median of every timed step of every round. "
            if "rounds" in results["settings"] else "") +
-        "Compile s is trace + lower + compile, cold (empty persistent cache); warm "
+        "Compile s is trace + lower + compile, cold (empty persistent cache)"
+        + (f", the median of {results['settings']['compile_rounds']} cold compiles under "
+           "jit, each in a fresh process, in rounds that rotate the frameworks' order (a "
+           "compile ratio is the median of per-round ratios, with their spread)"
+           if results["settings"].get("compile_rounds", 1) > 1 else "") +
+        "; warm "
         "compile s is the compile phase in a second process with the persistent cache filled "
         "(JAX's compilation cache; torch's inductor cache). Keras and torch.compile compile on "
         "the first call: their compile s is the first call minus a steady step. The flax peer "
@@ -224,7 +262,13 @@ def write_markdown(results: dict, path: str) -> None:
         "",
         *headline_table(records, "eval"),
         "",
+        "## Cold compile of the train step: each peer against jnn",
+        "",
+        *compile_speedup_table(records),
+        "",
         "## Compile phases",
+        "",
+        "The phases of the first cold compile of each framework.",
         "",
         *compile_phase_table(records),
         "",

@@ -25,11 +25,13 @@ def record_problems(record: dict) -> list[str]:
             problems.append(f"missing {name}")
         elif not isinstance(record[name], kind):
             problems.append(f"{name}={record[name]!r} is not {kind}")
-    # each round's median step ms; optional (results from before interleaved rounds lack it)
-    rounds = record.get("round_step_ms")
-    if rounds is not None and not (isinstance(rounds, list) and
-                                   all(isinstance(v, (int, float)) for v in rounds)):
-        problems.append(f"round_step_ms={rounds!r} is not a list of numbers")
+    # each round's median step ms, and each round's cold compile seconds; optional (results
+    # from before rounds lack them, and frameworks that do not compile lack the second)
+    for key in ("round_step_ms", "round_compile_s"):
+        rounds = record.get(key)
+        if rounds is not None and not (isinstance(rounds, list) and
+                                       all(isinstance(v, (int, float)) for v in rounds)):
+            problems.append(f"{key}={rounds!r} is not a list of numbers")
     # XLA's FLOPs per step; optional (frameworks that compile on the first call lack it)
     if not isinstance(record.get("flops"), NUMBER_OR_NULL):
         problems.append(f"flops={record['flops']!r} is not a number")

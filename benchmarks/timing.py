@@ -28,6 +28,14 @@ def compile_phases(jitted, *args) -> tuple[Any, dict[str, float | None]]:
                       "compile_s": done - lowered_at, "flops": program_flops(compiled)}
 
 
+def cold_compile_s(record: dict) -> float | None:
+    """A record's trace + lower + compile seconds, what a user waits for before the first
+    step (None where the framework does not compile)."""
+    if record.get("compile_s") is None:
+        return None
+    return sum(record.get(k) or 0.0 for k in ("trace_s", "lower_s", "compile_s"))
+
+
 def program_flops(compiled) -> float | None:
     """The floating-point operations of one call of a compiled program, as XLA's cost
     analysis counts them (None where the backend gives none)."""

@@ -37,19 +37,23 @@ def extract_revision(revision: str, into: str) -> str:
     return into
 
 
-def compare(revision: str, models: list[str], rounds: int, quick: bool) -> list[str]:
-    """Markdown lines: per model, step ms and compile s of REVISION and the working tree."""
+def compare(revision: str, models: list[str], rounds: int, quick: bool,
+            compile_rounds: int = 1) -> list[str]:
+    """Markdown lines: per model, step ms and compile s of REVISION and the working tree
+    (compile s: the median of `compile_rounds` cold compiles, each in a fresh process)."""
     timing = plan.QUICK_TIMING if quick else plan.FULL_TIMING
     lines = [f"# jnn at {revision} vs the working tree (interleaved, {rounds} rounds)", "",
              "| model | step | ms at " + revision + " | ms now | now / then (min-max) "
-             "| compile s then | compile s now |", "|---|---|---:|---:|---:|---:|---:|"]
+             "| compile s then | compile s now | now / then (min-max) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory(prefix="jnn-versus-") as tmp:
         tree = extract_revision(revision, os.path.join(tmp, "revision"))
         cache_root = os.path.join(tmp, "cache")
         os.makedirs(cache_root)
         for model in models:
             base = {"framework": "jnn", "model": model, "transform": "jit", "devices": 1,
-                    "ensemble": 1, "batch": plan.BATCH, **timing, "rounds": rounds}
+                    "ensemble": 1, "batch": plan.BATCH, **timing, "rounds": rounds,
+                    "compile_rounds": compile_rounds}
             specs = [{**base, "tree": tree}, {**base, "tree": None}]
 
             def start(spec):
@@ -64,9 +68,11 @@ def compare(revision: str, models: list[str], rounds: int, quick: bool) -> list[
                     lines.append(f"| {model} | {step} | {error} |")
                     continue
                 ratio = report.step_ratio(now, then)
+                compiled = report.compile_ratio(now, then)
                 lines.append(f"| {model} | {step} | {then['step_ms']:.2f} | {now['step_ms']:.2f} "
                              f"| {ratio[0]:.2f}x ({ratio[1]:.2f}-{ratio[2]:.2f}) "
-                             f"| {report.compile_total(then):.2f} | {report.compile_total(now):.2f} |")
+                             f"| {report.compile_total(then):.2f} | {report.compile_total(now):.2f} "
+                             f"| {compiled[0]:.2f}x ({compiled[1]:.2f}-{compiled[2]:.2f}) |")
     return lines
 
 
@@ -77,9 +83,14 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(plan.SEED_MODELS))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="fewer steps per round")
+    parser.add_argument("--compile-rounds", type=int, default=1, metavar="K",
+                        help="cold compiles of each, each in a fresh process (default 1)")
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
-    lines = compare(args.revision, args.models.split(","), args.rounds, args.quick)
+    if args.rounds < 1 or args.compile_rounds < 1:
+        parser.error("--rounds and --compile-rounds must be at least 1")
+    lines = compare(args.revision, args.models.split(","), args.rounds, args.quick,
+                    args.compile_rounds)
     text = "\n".join(lines + ["", f"Command: python -m benchmarks.versus_revision "
                               f"{' '.join(argv or sys.argv[1:])}", ""])
     print(text)

@@ -8,8 +8,10 @@ each command line on stdin, {"step": "train", "warmup": W, "repeats": N, "min_ms
 with {"step_ms": [milliseconds]} (at least N timed steps, and as many as add up to M ms,
 after W untimed ones), until stdin closes;
 benchmarks.interleave drives several workers this way, one at a time, and fills the step
-fields (`finish`). With spec["warm"] (the persistent cache is already filled) the worker
-exits after its first line, whose records are complete: only compile times are measured.
+fields (`finish`). Two kinds of worker only compile, and exit after their first line: with
+spec["warm"] (the persistent cache is already filled) its records are complete; with
+spec["compile_only"] (a cold compile, one more sample of it) they are as `prepare` makes
+them, for `finish` with the step times of the worker that timed the spec.
 
 A fresh process per framework keeps frameworks from sharing thread pools or caches,
 and lets a second process measure compilation from a warm persistent cache honestly.
@@ -107,11 +109,11 @@ def run(spec: dict) -> list[dict]:
     """Builds and measures `spec` in this process: spec.get("rounds", 1) rounds of each step,
     back to back (no other worker in between); returns the train and eval records.
 
-    With spec["warm"], only compile times are measured (the persistent cache is warm).
+    With spec["warm"] or spec["compile_only"], only compile times are measured.
     """
     bench, records = prepare(spec)
     steps = {"train": bench.train, "eval": bench.eval}
-    rounds = 0 if spec.get("warm") else spec.get("rounds", 1)
+    rounds = 0 if spec.get("warm") or spec.get("compile_only") else spec.get("rounds", 1)
     return [finish(record, [timing.time_steps(steps[record["step"]],
                                               warmup=warmup_steps(spec, i),
                                               repeats=spec["repeats"],
@@ -131,6 +133,9 @@ def serve(spec: dict, commands: TextIO, replies: TextIO) -> None:
     bench, records = prepare(spec)
     if spec.get("warm"):
         _send(replies, {"records": [finish(record, []) for record in records]})
+        return
+    if spec.get("compile_only"):
+        _send(replies, {"records": records})
         return
     _send(replies, {"records": records})
     steps = {"train": bench.train, "eval": bench.eval}

@@ -194,21 +194,30 @@ def test_jnn_alone_keeps_freed_memory_unless_the_run_says_all_or_none(monkeypatc
 
 class FakeWorker:
     """Stands in for interleave.WorkerProcess: logs what it is asked; keras fails to build
-    and torch fails in the second round. Its steps take as many ms as log entries so far."""
+    and torch fails in the second round. Its steps take as many ms as log entries so far.
+    A cold compile-only build takes 3 s to compile (torch.compile: a 5 s first call), and
+    fails for the frameworks in `fail_cold`."""
 
     log: list = []
+    cache_dirs: list = []
+    fail_cold: tuple = ()
 
     def __init__(self, spec):
         self.spec, self.warm = spec, spec.get("warm", False)
-        self.log.append(("start", spec["framework"], self.warm))
-        if spec["framework"] == "keras":
+        self.cache_dirs.append(spec["cache_dir"])
+        cold = spec.get("compile_only", False)
+        self.log.append(("start", spec["framework"], "cold" if cold else self.warm))
+        if spec["framework"] == "keras" or (cold and spec["framework"] in self.fail_cold):
             raise interleave.WorkerError("worker exited 1: ValueError: boom")
         self.records = [{**{k: spec[k] for k in worker.IDENTITY}, "step": step,
                          "parameters": 1, "trace_s": None, "lower_s": None,
-                         "compile_s": 0.1 if self.warm else 2.0, "compile_warm_s": None,
-                         "step_ms": None, "step_ms_min": None, "step_ms_max": None,
-                         "examples_per_s": None, "round_step_ms": None}
+                         "compile_s": 0.1 if self.warm else 3.0 if cold else 2.0,
+                         "compile_warm_s": None, "step_ms": None, "step_ms_min": None,
+                         "step_ms_max": None, "examples_per_s": None, "round_step_ms": None}
                         for step in worker.STEPS]
+        if cold and spec["framework"] == "torch-compile":  # compiles on its first call
+            for record in self.records:
+                record.update(compile_s=None, first_call_s=5.0)
 
     def time(self, step, *, warmup, repeats, min_ms=0.0):
         assert min_ms == self.spec["min_round_ms"]  # the plan's floor reaches the worker
@@ -253,6 +262,55 @@ def test_the_orchestrator_builds_all_then_alternates_workers_round_by_round(tmp_
     assert "boom" in records[6]["error"] and "killed" in records[8]["error"]
 
 
+def test_cold_compiles_are_sampled_in_fresh_processes_in_rotating_rounds(tmp_path):
+    FakeWorker.log, FakeWorker.cache_dirs, FakeWorker.fail_cold = [], [], ("nnx",)
+    specs = [s for s in plan.make_plan(quick=True, only="*/mlp/jit/*", compile_rounds=3)
+             if s["framework"] in ("jnn", "flax", "nnx", "torch-compile")]
+    try:
+        records = interleave.measure_group(specs, str(tmp_path), rounds=2, start=FakeWorker,
+                                           warm_frameworks=("jnn",))
+    finally:
+        FakeWorker.fail_cold = ()
+    starts = [e[1:] for e in FakeWorker.log if e[0] == "start"]
+    running = ["jnn", "flax", "nnx", "torch-compile"]
+    assert starts == [(fw, False) for fw in running] + [  # the timed builds, then
+        (fw, "cold") for fw in ["flax", "nnx", "torch-compile", "jnn"]] + [  # round 2
+        (fw, "cold") for fw in ["torch-compile", "jnn", "flax"]] + [  # round 3 (nnx failed)
+        ("jnn", True)]  # then the warm-cache build
+    by_framework = {(r["framework"], r["step"]): r for r in records}
+    for step in worker.STEPS:
+        for fw in ("jnn", "flax"):
+            r = by_framework[fw, step]
+            assert r["round_compile_s"] == [2.0, 3.0, 3.0] and schema.record_problems(r) == []
+            assert report.compile_total(r) == 3.0  # the median of the cold compiles
+        compiled = by_framework["torch-compile", step]
+        # a first-call framework's cold compile is its first call minus its timed step
+        assert compiled["round_compile_s"] == pytest.approx(
+            [2.0] + [5.0 - compiled["step_ms"] / 1e3] * 2)
+        assert "boom" in by_framework["nnx", step]["error"]
+    cold_dirs = FakeWorker.cache_dirs[4:-1]  # a cold build's cache is new and its own;
+    assert len(set(cold_dirs)) == 7 and not set(cold_dirs) & set(FakeWorker.cache_dirs[:4])
+    assert FakeWorker.cache_dirs[-1] == FakeWorker.cache_dirs[0]  # the warm one is filled
+
+
+def test_a_compile_only_worker_sends_its_build_records_and_exits(tmp_path):
+    import io
+
+    spec = {"framework": "jnn", "model": "mlp", "transform": "jit", "devices": 1,
+            "ensemble": 1, "batch": 16, "warmup": 1, "repeats": 2, "cache_dir": str(tmp_path),
+            "compile_only": True}
+    replies = io.StringIO()
+
+    class NoCommands(io.StringIO):
+        def readline(self, *args):
+            raise AssertionError("a compile-only worker reads no commands")
+
+    worker.serve(spec, NoCommands(), replies)
+    train, evaluate = json.loads(replies.getvalue())["records"]
+    assert train["step"] == "train" and evaluate["step"] == "eval"
+    assert timing.cold_compile_s(train) > 0 and train["step_ms"] is None
+
+
 def test_a_worker_that_fails_in_its_own_process_gives_error_records(tmp_path):
     spec = {**plan.make_plan(quick=True, only="torch/mlp/jit/*")[0], "framework": "nope"}
     records = interleave.measure_group([spec], str(tmp_path), rounds=2)
@@ -293,6 +351,18 @@ def test_a_step_ratio_is_the_median_of_per_round_ratios_with_their_spread():
     assert report.step_ratio(jnn, None) is None and report.step_ratio(None, flax) is None
 
 
+def test_a_compile_ratio_is_the_median_of_per_round_ratios_of_cold_compiles():
+    jnn = {"trace_s": 0.1, "lower_s": 0.1, "compile_s": 0.3, "round_compile_s": [0.5, 2.0, 0.6]}
+    flax = {"trace_s": 0.1, "lower_s": 0.1, "compile_s": 0.8, "round_compile_s": [1.0, 1.0, 2.0]}
+    assert report.compile_total(jnn) == 0.6 and report.compile_total(flax) == 1.0
+    # per round 0.5, 2.0, 0.3: median 0.5, spread 0.3-2.0
+    assert report.compile_ratio(jnn, flax) == (0.5, 0.3, 2.0)
+    # one cold compile (results from before compile rounds): trace + lower + compile
+    assert report.compile_ratio({**jnn, "round_compile_s": None}, {**flax, "round_compile_s": None}) \
+        == pytest.approx((0.5, 0.5, 0.5))
+    assert report.compile_ratio({"compile_s": None}, flax) is None  # torch eager
+
+
 def test_the_report_gives_ratios_to_flax_and_torch_and_draws_three_plots(tmp_path):
     results = _synthetic_results()
     assert schema.results_problems(results) == []
@@ -302,6 +372,17 @@ def test_the_report_gives_ratios_to_flax_and_torch_and_draws_three_plots(tmp_pat
         in text
     assert "| mlp | flax | 2.00 | 1.00x | 0.50x | 0.50 | 1.00x | 0.01 |" in text
     assert "3 rounds of 2 timed steps" in text
+    assert "median of 3 cold compiles" not in text  # this run compiled once
+    for r in results["records"]:  # three cold compiles each: jnn's twice flax's in round 2
+        if r["compile_s"] is not None:
+            r["round_compile_s"] = {"jnn": [0.5, 1.0, 0.4], "flax": [1.0, 0.5, 1.0]}[r["framework"]]
+    results["settings"]["compile_rounds"] = 3
+    report.write_markdown(results, str(tmp_path / "results.md"))
+    text = (tmp_path / "results.md").read_text()
+    assert "median of 3 cold compiles" in text
+    assert "| mlp | jnn | 1.00 | 0.50x (0.50–0.60) | 0.25x (0.25–0.30) | 0.50 | 0.50x (0.40–2.00) |" \
+        in text
+    assert "| mlp | flax | 1.00 | 0.50 | 2.00x (0.50–2.50) |" in text  # flax over jnn
     paths = report.write_plots(results, str(tmp_path))
     assert sorted(os.path.basename(p) for p in paths) == [
         "compile_vs_depth.png", "step_time.png", "throughput_vs_devices.png"]
@@ -343,9 +424,10 @@ def test_quick_smoke_on_the_smallest_model_writes_all_outputs(tmp_path):
 def test_an_only_pattern_that_matches_nothing_is_a_clear_error(capsys):
     assert bench_main.main(["--only", "nothing/*"]) == 2
     assert "matches no measurement" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        bench_main.main(["--rounds", "0"])
-    assert "--rounds must be at least 1" in capsys.readouterr().err
+    for flag in ("--rounds", "--compile-rounds"):
+        with pytest.raises(SystemExit):
+            bench_main.main([flag, "0"])
+        assert f"{flag} must be at least 1" in capsys.readouterr().err
 
 
 def test_report_only_redraws_from_an_existing_results_json(tmp_path, capsys):
@@ -362,13 +444,13 @@ def test_versus_revision_times_a_revision_against_the_working_tree(tmp_path, cap
 
     out = tmp_path / "vs.md"
     assert versus_revision.main(["HEAD", "--models", "mlp", "--rounds", "2", "--quick",
-                                 "--out", str(out)]) == 0
+                                 "--compile-rounds", "2", "--out", str(out)]) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith("| mlp |")]
     assert [row.split(" | ")[1] for row in rows] == ["train", "eval"]
     for row in rows:
         cells = row.strip("|").split("|")
         then_ms, now_ms = float(cells[2]), float(cells[3])
-        assert then_ms > 0 and now_ms > 0 and "x (" in cells[4]
+        assert then_ms > 0 and now_ms > 0 and "x (" in cells[4] and "x (" in cells[7]
 
 
 def test_compare_runs_gives_each_ratio_in_both_runs_and_their_difference(tmp_path, capsys):
@@ -382,20 +464,29 @@ def test_compare_runs_gives_each_ratio_in_both_runs_and_their_difference(tmp_pat
             r["step_ms"] *= 1.1
     for r in first["records"] + second["records"]:
         r["model"] = {"resmlp-2": "cnn", "resmlp-8": "cifar_cnn"}.get(r["model"], r["model"])
+        if r["compile_s"] is not None:  # jnn compiles in 0.5 s, then 0.6 s; flax in 1 s
+            r["round_compile_s"] = [1.0, 1.0] if r["framework"] == "flax" else [0.5, 0.5]
+            if r["framework"] == "jnn" and r in second["records"]:
+                r["round_compile_s"] = [0.6, 0.6]
     rows = compare_runs.ratio_differences(first["records"], second["records"])
-    assert {(r["model"], r["peer"]) for r in rows} == {
-        (m, p) for m in ("mlp", "cnn", "cifar_cnn") for p in ("flax", "torch")}
-    mlp_flax = [r for r in rows if r["model"] == "mlp" and r["peer"] == "flax"][0]
-    assert mlp_flax["first"] == (0.5, 0.5, 0.6)
-    assert abs(mlp_flax["difference"] - 0.1) < 1e-9
+    assert {(r["model"], r["measure"], r["peer"]) for r in rows} == {
+        (m, "step time", p) for m in ("mlp", "cnn", "cifar_cnn") for p in ("flax", "torch")} | {
+        (m, "compile", "flax") for m in ("mlp", "cnn", "cifar_cnn")}  # torch eager: no compile
+    mlp_flax = [r for r in rows if r["model"] == "mlp" and r["peer"] == "flax"]
+    assert mlp_flax[0]["first"] == (0.5, 0.5, 0.6)
+    assert abs(mlp_flax[0]["difference"] - 0.1) < 1e-9
+    assert mlp_flax[1]["measure"] == "compile" and mlp_flax[1]["first"] == (0.5, 0.5, 0.5)
+    assert abs(mlp_flax[1]["difference"] - 0.2) < 1e-9
     paths = []
     for name, results in (("a.json", first), ("b.json", second)):
         (tmp_path / name).write_text(json.dumps(results))
         paths.append(str(tmp_path / name))
     assert compare_runs.main(paths + ["--out", str(tmp_path / "cmp.md")]) == 0
     text = (tmp_path / "cmp.md").read_text()
-    assert "| mlp | train | flax | 0.50x (0.50–0.60) | 0.55x (0.55–0.66) | +10% |" in text
-    assert "Largest difference: +10%" in text
+    assert "| mlp | step time | train | flax | 0.50x (0.50–0.60) | 0.55x (0.55–0.66) | +10% |" \
+        in text
+    assert "Largest difference in step time: +10%" in text
+    assert "Largest difference in compile: +20% (mlp train, jnn / flax)" in text
     assert "unlike machines" not in text
     assert compare_runs.main([str(tmp_path / "missing.json"), paths[1]]) == 2
     assert "cannot read" in capsys.readouterr().err
