@@ -444,7 +444,7 @@ def test_versus_revision_times_a_revision_against_the_working_tree(tmp_path, cap
 
     out = tmp_path / "vs.md"
     assert versus_revision.main(["HEAD", "--models", "mlp", "--rounds", "2", "--quick",
-                                 "--compile-rounds", "2", "--out", str(out)]) == 0
+                                 "--out", str(out)]) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith("| mlp |")]
     assert [row.split(" | ")[1] for row in rows] == ["train", "eval"]
     for row in rows:
