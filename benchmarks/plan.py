@@ -24,7 +24,7 @@ FULL_TIMING = {"warmup": 5, "repeats": 3, "rounds": 12, "min_round_ms": 200.0}
 # cold compiles per framework and model under jit, each in a fresh process (the compile
 # ratios are medians of per-round ratios, like the step ratios); other transforms compile
 # once. One cold compile per framework gave jnn/flax on the MLP 1.03x, 1.12x and 1.54x in
-# three runs on one host.
+# three runs on 2-core AVX2 hosts.
 QUICK_COMPILE_ROUNDS = 1
 FULL_COMPILE_ROUNDS = 3
 

@@ -105,8 +105,8 @@ def headline_table(records, step="train") -> list[str]:
 
 
 def compile_speedup_table(records) -> list[str]:
-    """Per seed model, each compiling peer's cold train-step compile time over jnn's (above
-    1: jnn compiles faster), the median of per-round ratios with their spread."""
+    """Per model under jit, each compiling peer's cold train-step compile time over jnn's
+    (above 1: jnn compiles faster), the median of per-round ratios with their spread."""
     lines = ["| model | peer | peer's compile s | jnn's compile s | peer / jnn |",
              "|---|---|---:|---:|---:|"]
     for model in models_in(records):
