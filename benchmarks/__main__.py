@@ -71,9 +71,13 @@ def main(argv=None) -> int:
     parser.add_argument("--compile-rounds", type=int, metavar="K", help="cold compiles per "
                         "framework and model under jit, each in a fresh process (default: 1 "
                         "with --quick, else 3)")
-    parser.add_argument("--allocator", choices=plan.ALLOCATOR_CHOICES, default="harness",
+    parser.add_argument("--allocator", choices=plan.HARNESS_SETTING_CHOICES, default="harness",
                         help="which workers keep freed memory (train.allocator): harness "
                         "(default), jnn's alone, as python -m train runs it; all; none")
+    parser.add_argument("--unroll-cap", choices=plan.HARNESS_SETTING_CHOICES, default="harness",
+                        help="which workers cap LLVM's full unrolling at 8 iterations "
+                        "(train.xla_flags): harness (default), jnn's alone, as python -m train "
+                        "runs it; all; none")
     parser.add_argument("--report", metavar="DIR", help="only rewrite DIR/results.md and the "
                         "plots from DIR/results.json (no measuring)")
     args = parser.parse_args(argv)
@@ -84,7 +88,8 @@ def main(argv=None) -> int:
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1")
     specs = plan.make_plan(quick=args.quick, only=args.only, rounds=args.rounds,
-                           compile_rounds=args.compile_rounds, allocator=args.allocator)
+                           compile_rounds=args.compile_rounds, allocator=args.allocator,
+                           unroll_cap=args.unroll_cap)
     if not specs:
         print(f"error: --only {args.only!r} matches no measurement; try '*/mlp/*'",
               file=sys.stderr)
@@ -114,7 +119,7 @@ def main(argv=None) -> int:
         "machine": {**info, "matmul_flops_per_s": matmul_flops},
         "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "settings": {"quick": args.quick, "only": args.only, "batch": plan.BATCH,
-                     "allocator": args.allocator,
+                     "allocator": args.allocator, "unroll_cap": args.unroll_cap,
                      "warmup": specs[0]["warmup"], "repeats": specs[0]["repeats"],
                      "rounds": specs[0]["rounds"], "min_round_ms": specs[0]["min_round_ms"],
                      "compile_rounds": max(s["compile_rounds"] for s in specs)},

@@ -35,25 +35,29 @@ def spec_name(spec: dict) -> str:
             f"k{spec['ensemble']}")
 
 
-# Which workers keep freed memory in the process (train.allocator): "harness", jnn's alone,
-# as `python -m train` runs it (the peers as their users run them, with glibc's defaults);
+# Which workers get a setting that `python -m train` makes for its process (keeping freed
+# memory, train.allocator; capping LLVM's full unrolling, train.xla_flags): "harness", jnn's
+# alone, as the harness runs it (the peers as their users run them, with the defaults);
 # "all" or "none", every framework alike.
-ALLOCATOR_CHOICES = ("harness", "all", "none")
+HARNESS_SETTING_CHOICES = ("harness", "all", "none")
 
 
-def keeps_freed_memory(framework: str, allocator: str) -> bool:
-    """Whether `framework`'s worker calls train.allocator.keep_freed_memory()."""
-    if allocator not in ALLOCATOR_CHOICES:
-        raise ValueError(f"allocator must be one of {ALLOCATOR_CHOICES}, not {allocator!r}")
-    return allocator == "all" or (allocator == "harness" and framework == "jnn")
+def gets_harness_setting(framework: str, choice: str, name: str = "allocator") -> bool:
+    """Whether `framework`'s worker makes the harness's setting `name` (the option's name in
+    errors), given the run's `choice` of HARNESS_SETTING_CHOICES."""
+    if choice not in HARNESS_SETTING_CHOICES:
+        raise ValueError(f"{name} must be one of {HARNESS_SETTING_CHOICES}, not {choice!r}")
+    return choice == "all" or (choice == "harness" and framework == "jnn")
 
 
 def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None,
-              compile_rounds: int | None = None, allocator: str = "harness") -> list[dict]:
+              compile_rounds: int | None = None, allocator: str = "harness",
+              unroll_cap: str = "harness") -> list[dict]:
     """The specs of a run, in order. `only`: an fnmatch pattern on `spec_name`; `rounds`:
     instead of the default rounds (5 quick, 12 full); `compile_rounds`: cold compiles per
-    spec under jit, instead of the default (1 quick, 3 full); `allocator`: one of
-    ALLOCATOR_CHOICES."""
+    spec under jit, instead of the default (1 quick, 3 full); `allocator` (which workers keep
+    freed memory) and `unroll_cap` (which cap LLVM's full unrolling): one of
+    HARNESS_SETTING_CHOICES."""
     timing = {**(QUICK_TIMING if quick else FULL_TIMING)}
     for name, value in (("rounds", rounds), ("compile_rounds", compile_rounds)):
         if value is not None and value < 1:
@@ -67,7 +71,8 @@ def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None
         return {"framework": framework, "model": model, "transform": transform,
                 "devices": devices, "ensemble": ensemble, "batch": BATCH, **timing,
                 "compile_rounds": compile_rounds if transform == "jit" else 1,
-                "keep_freed_memory": keeps_freed_memory(framework, allocator)}
+                "keep_freed_memory": gets_harness_setting(framework, allocator),
+                "cap_full_unrolling": gets_harness_setting(framework, unroll_cap, "unroll_cap")}
 
     depths = QUICK_DEPTHS if quick else FULL_DEPTHS
     plan = [spec(f, m) for m in SEED_MODELS for f in FRAMEWORKS]

@@ -198,6 +198,19 @@ def _allocator_sentence(settings: dict) -> str:
             "none": " Every worker runs with glibc's malloc defaults, jnn's too."}[allocator]
 
 
+def _unroll_cap_sentence(settings: dict) -> str:
+    """Which workers capped LLVM's full unrolling (train.xla_flags); runs before the setting
+    had none."""
+    choice = settings.get("unroll_cap")
+    if choice is None:
+        return ""
+    return {"harness": " jnn's workers cap LLVM's full unrolling at 8 iterations, as `python -m "
+                       "train` does (train.xla_flags); the JAX peers compile with XLA's defaults.",
+            "all": " Every JAX worker (jnn, flax, nnx, keras) caps LLVM's full unrolling at 8 "
+                   "iterations (train.xla_flags).",
+            "none": " Every worker compiles with XLA's defaults, jnn's too."}[choice]
+
+
 def _flops_section(results: dict) -> list[str]:
     peaks = results["machine"].get("matmul_flops_per_s")
     if not peaks:  # results from before the suite measured it
@@ -235,7 +248,8 @@ def write_markdown(results: dict, path: str) -> None:
         f"{machine['devices']}; "
         f"versions {machine['versions']}.",
         f"Command: `{results['command']}`; batch {results['settings']['batch']}, "
-        f"{_timing_sentence(results['settings'])}{_allocator_sentence(results['settings'])}",
+        f"{_timing_sentence(results['settings'])}{_allocator_sentence(results['settings'])}"
+        f"{_unroll_cap_sentence(results['settings'])}",
         "",
         "Ratios are this framework's time over the reference's in the same run (below 1: "
         "faster). "

@@ -41,6 +41,12 @@ def _configure(spec: dict) -> None:
         reason = keep_freed_memory()
         if reason is not None:
             print(f"freed memory is not kept: {reason}", file=sys.stderr)
+    if spec.get("cap_full_unrolling"):
+        from train.xla_flags import cap_full_unrolling
+
+        reason = cap_full_unrolling()
+        if reason is not None:
+            print(f"LLVM's full unrolling is not capped: {reason}", file=sys.stderr)
     if spec["devices"] > 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={spec['devices']}")

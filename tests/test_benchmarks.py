@@ -69,6 +69,22 @@ def test_the_report_reads_achieved_flops_against_the_measured_matmul_peak(tmp_pa
     assert "| flax |" not in section
 
 
+def test_the_report_says_which_workers_made_the_harness_settings(tmp_path):
+    def header(**settings):
+        results = _synthetic_results()
+        results["settings"].update(settings)
+        report.write_markdown(results, str(tmp_path / "results.md"))
+        return (tmp_path / "results.md").read_text().split("\n\n")[1]
+
+    assert "freed memory" not in header() and "unrolling" not in header()  # older runs
+    text = header(allocator="harness", unroll_cap="harness")
+    assert "jnn's workers keep freed memory" in text
+    assert "jnn's workers cap LLVM's full unrolling at 8 iterations" in text
+    assert "the JAX peers compile with XLA's defaults" in text
+    assert "Every JAX worker (jnn, flax, nnx, keras) caps" in header(unroll_cap="all")
+    assert "Every worker compiles with XLA's defaults, jnn's too" in header(unroll_cap="none")
+
+
 def test_achieved_flops_count_the_models_flops_where_a_scan_hides_them(tmp_path):
     """XLA counts a scanned stack's body once: the achieved rate divides the Flax step's count."""
     results = _synthetic_results()
@@ -189,6 +205,28 @@ def test_jnn_alone_keeps_freed_memory_unless_the_run_says_all_or_none(monkeypatc
         monkeypatch.setenv(name, os.environ.get(name, ""))
     for keep in (False, True):
         worker._configure({"devices": 1, "cache_dir": str(tmp_path), "keep_freed_memory": keep})
+    assert calls == [1]
+
+
+def test_jnn_alone_caps_full_unrolling_unless_the_run_says_all_or_none(monkeypatch, tmp_path):
+    def capping(choice):
+        specs = plan.make_plan(quick=True, only="*/mlp/jit/*", unroll_cap=choice)
+        return {s["framework"] for s in specs if s["cap_full_unrolling"]}
+
+    assert capping("harness") == {"jnn"}
+    assert capping("all") == set(frameworks.FRAMEWORKS)
+    assert capping("none") == set()
+    with pytest.raises(ValueError, match="unroll_cap must be one of"):
+        plan.make_plan(quick=True, unroll_cap="always")
+    from train import xla_flags
+
+    calls = []
+    monkeypatch.setattr(xla_flags, "cap_full_unrolling", lambda: calls.append(1))
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)  # _configure's cache folder
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "KERAS_BACKEND"):  # restored after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    for cap in (False, True):
+        worker._configure({"devices": 1, "cache_dir": str(tmp_path), "cap_full_unrolling": cap})
     assert calls == [1]
 
 
