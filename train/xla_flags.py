@@ -10,10 +10,12 @@ at 8 iterations, that loop stays a loop. Measured on a 2-core CPU (batch 128, ea
 processes, rounds alternating, median of per-round ratios), the train step compiled in
 - MLP: 0.76-0.80x the time; MNIST CNN: 0.76-0.89x; CIFAR-10 CNN: 0.86x;
 with the step itself as fast (train step 1.04x, 1.03x, 0.99x: within the rounds' spread)
-and bits that can differ in the last place (LLVM contracts other multiply-adds into
-FMAs). A cap of 4 gains no more; 16 gains nothing (trip counts of 9-16 are the ones that
-matter). A cap of 2 made the MNIST CNN's step 1.4x slower.
+and values equal to the uncapped step's up to float rounding (tests/test_xla_flags.py; the
+last bits can differ). A cap of 4 gains no more; 16 gains nothing (it still unrolls the loop
+of 10). A cap of 2 made the MNIST CNN's step 1.4x slower.
 
+XLA hands options to LLVM only through its xla_backend_extra_options, a map that jax's
+per-program `compiler_options` cannot set, so this is not in `jnn.train_compiler_options()`:
 `cap_full_unrolling()` sets it for this process, through XLA_FLAGS, so it must run before
 jax starts its backends (before the first computation or `jax.devices()`). `python -m
 train` calls it at start-up and the benchmark suite's jnn workers do too
