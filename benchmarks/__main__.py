@@ -76,8 +76,8 @@ def main(argv=None) -> int:
                         "(default), jnn's alone, as python -m train runs it; all; none")
     parser.add_argument("--unroll-cap", choices=plan.HARNESS_SETTING_CHOICES, default="harness",
                         help="which workers cap LLVM's full unrolling at 8 iterations "
-                        "(train.xla_flags): harness (default), jnn's alone, as python -m train "
-                        "runs it; all; none")
+                        "(train.unrolling): harness (default), jnn's alone, as python -m train "
+                        "runs it; all: every JAX framework's; none: no worker")
     parser.add_argument("--report", metavar="DIR", help="only rewrite DIR/results.md and the "
                         "plots from DIR/results.json (no measuring)")
     args = parser.parse_args(argv)

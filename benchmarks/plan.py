@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from benchmarks.frameworks import FRAMEWORKS
+from benchmarks.frameworks import FRAMEWORKS, JAX_FRAMEWORKS
 
 SEED_MODELS = ("mlp", "cnn", "cifar_cnn")
 FULL_DEPTHS = (2, 8, 32, 128)
@@ -36,17 +36,17 @@ def spec_name(spec: dict) -> str:
 
 
 # Which workers get a setting that `python -m train` makes for its process (keeping freed
-# memory, train.allocator; capping LLVM's full unrolling, train.xla_flags): "harness", jnn's
+# memory, train.allocator; capping LLVM's full unrolling, train.unrolling): "harness", jnn's
 # alone, as the harness runs it (the peers as their users run them, with the defaults);
-# "all" or "none", every framework alike.
+# "all" or "none", every framework it applies to alike.
 HARNESS_SETTING_CHOICES = ("harness", "all", "none")
 
 
-def gets_harness_setting(framework: str, choice: str, name: str = "allocator") -> bool:
-    """Whether `framework`'s worker makes the harness's setting `name` (the option's name in
-    errors), given the run's `choice` of HARNESS_SETTING_CHOICES."""
+def applies_harness_setting(framework: str, choice: str, *, option: str) -> bool:
+    """Whether `framework`'s worker makes a harness setting, given the run's `choice` of
+    HARNESS_SETTING_CHOICES for it (`option`: the setting's name, for the error)."""
     if choice not in HARNESS_SETTING_CHOICES:
-        raise ValueError(f"{name} must be one of {HARNESS_SETTING_CHOICES}, not {choice!r}")
+        raise ValueError(f"{option} must be one of {HARNESS_SETTING_CHOICES}, not {choice!r}")
     return choice == "all" or (choice == "harness" and framework == "jnn")
 
 
@@ -71,8 +71,12 @@ def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None
         return {"framework": framework, "model": model, "transform": transform,
                 "devices": devices, "ensemble": ensemble, "batch": BATCH, **timing,
                 "compile_rounds": compile_rounds if transform == "jit" else 1,
-                "keep_freed_memory": gets_harness_setting(framework, allocator),
-                "cap_full_unrolling": gets_harness_setting(framework, unroll_cap, "unroll_cap")}
+                "keep_freed_memory": applies_harness_setting(framework, allocator,
+                                                             option="allocator"),
+                # an XLA setting: for the JAX frameworks alone
+                "cap_full_unrolling": (applies_harness_setting(framework, unroll_cap,
+                                                               option="unroll_cap")
+                                       and framework in JAX_FRAMEWORKS)}
 
     depths = QUICK_DEPTHS if quick else FULL_DEPTHS
     plan = [spec(f, m) for m in SEED_MODELS for f in FRAMEWORKS]

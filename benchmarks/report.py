@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import statistics
 
+from benchmarks.frameworks import JAX_FRAMEWORKS
 from benchmarks.timing import cold_compile_s
 
 FRAMEWORK_ORDER = ("jnn", "flax", "nnx", "keras", "torch", "torch-compile")
@@ -199,16 +200,32 @@ def _allocator_sentence(settings: dict) -> str:
 
 
 def _unroll_cap_sentence(settings: dict) -> str:
-    """Which workers capped LLVM's full unrolling (train.xla_flags); runs before the setting
+    """Which workers capped LLVM's full unrolling (train.unrolling); runs before the setting
     had none."""
     choice = settings.get("unroll_cap")
     if choice is None:
         return ""
     return {"harness": " jnn's workers cap LLVM's full unrolling at 8 iterations, as `python -m "
-                       "train` does (train.xla_flags); the JAX peers compile with XLA's defaults.",
-            "all": " Every JAX worker (jnn, flax, nnx, keras) caps LLVM's full unrolling at 8 "
-                   "iterations (train.xla_flags).",
-            "none": " Every worker compiles with XLA's defaults, jnn's too."}[choice]
+                       "train` does on a CPU (train.unrolling); the other JAX frameworks' "
+                       "workers unroll as LLVM does by default.",
+            "all": f" Every JAX framework's worker ({', '.join(JAX_FRAMEWORKS)}) caps LLVM's "
+                   "full unrolling at 8 iterations (train.unrolling).",
+            "none": " No worker caps LLVM's full unrolling, jnn's neither."}[choice]
+
+
+HARNESS_SETTING_WORDS = {"keep_freed_memory": "keeping freed memory",
+                         "cap_full_unrolling": "capping LLVM's full unrolling"}
+
+
+def _refused_sentence(records: list[dict]) -> str:
+    """The harness settings a worker was asked for but could not make, and why."""
+    refused = sorted({(r["framework"], key, reason) for r in records
+                      for key, reason in r.get("refused", {}).items()})
+    if not refused:
+        return ""
+    return " Not applied, though asked for: " + "; ".join(
+        f"{framework}'s {HARNESS_SETTING_WORDS.get(key, key)} ({reason})"
+        for framework, key, reason in refused) + "."
 
 
 def _flops_section(results: dict) -> list[str]:
@@ -249,7 +266,7 @@ def write_markdown(results: dict, path: str) -> None:
         f"versions {machine['versions']}.",
         f"Command: `{results['command']}`; batch {results['settings']['batch']}, "
         f"{_timing_sentence(results['settings'])}{_allocator_sentence(results['settings'])}"
-        f"{_unroll_cap_sentence(results['settings'])}",
+        f"{_unroll_cap_sentence(results['settings'])}{_refused_sentence(records)}",
         "",
         "Ratios are this framework's time over the reference's in the same run (below 1: "
         "faster). "

@@ -35,6 +35,11 @@ def record_problems(record: dict) -> list[str]:
     # XLA's FLOPs per step; optional (frameworks that compile on the first call lack it)
     if not isinstance(record.get("flops"), NUMBER_OR_NULL):
         problems.append(f"flops={record['flops']!r} is not a number")
+    # the harness settings its worker was asked for but could not make: {spec key: why}
+    refused = record.get("refused", {})
+    if not (isinstance(refused, dict) and
+            all(isinstance(k, str) and isinstance(v, str) for k, v in refused.items())):
+        problems.append(f"refused={refused!r} is not a mapping of setting to reason")
     if record.get("transform") not in TRANSFORMS:
         problems.append(f"transform {record.get('transform')!r} is not one of {TRANSFORMS}")
     return problems

@@ -33,20 +33,21 @@ STEPS = ("train", "eval")
 LATER_ROUND_WARMUP = 1
 
 
-def _configure(spec: dict) -> None:
-    """Environment that must be set before jax / torch are imported."""
+def _configure(spec: dict) -> dict[str, str]:
+    """Environment that must be set before jax / torch are imported. Returns the harness
+    settings the spec asks for that this process could not make: {spec key: why not}."""
+    refused = {}
     if spec.get("keep_freed_memory"):
         from train.allocator import keep_freed_memory
 
-        reason = keep_freed_memory()
-        if reason is not None:
-            print(f"freed memory is not kept: {reason}", file=sys.stderr)
+        refused["keep_freed_memory"] = keep_freed_memory()
     if spec.get("cap_full_unrolling"):
-        from train.xla_flags import cap_full_unrolling
+        from train.unrolling import cap_full_unrolling
 
-        reason = cap_full_unrolling()
-        if reason is not None:
-            print(f"LLVM's full unrolling is not capped: {reason}", file=sys.stderr)
+        refused["cap_full_unrolling"] = cap_full_unrolling()
+    refused = {key: reason for key, reason in refused.items() if reason is not None}
+    for key, reason in refused.items():
+        print(f"{key} is not applied: {reason}", file=sys.stderr)
     if spec["devices"] > 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={spec['devices']}")
@@ -57,6 +58,7 @@ def _configure(spec: dict) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.join(spec["cache_dir"], "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return refused
 
 
 def warmup_steps(spec: dict, round_index: int) -> int:
@@ -133,10 +135,14 @@ def _send(replies: TextIO, message: dict) -> None:
     replies.flush()
 
 
-def serve(spec: dict, commands: TextIO, replies: TextIO) -> None:
+def serve(spec: dict, commands: TextIO, replies: TextIO,
+          refused: dict[str, str] | None = None) -> None:
     """Builds `spec`, sends its records, then times steps on each command until `commands`
-    ends (the protocol of the module docstring)."""
+    ends (the protocol of the module docstring). `refused`: the harness settings this
+    process could not make (`_configure`), which every record carries as "refused"."""
     bench, records = prepare(spec)
+    if refused:
+        records = [{**record, "refused": refused} for record in records]
     if spec.get("warm"):
         _send(replies, {"records": [finish(record, []) for record in records]})
         return
@@ -157,8 +163,7 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library prints go to stderr
-    _configure(spec)
-    serve(spec, sys.stdin, replies)
+    serve(spec, sys.stdin, replies, _configure(spec))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# jax's backends start now, with the flags above: tests that run `python -m train`'s
+# start-up in this process cannot then change how later tests compile (train.unrolling
+# sets $XLA_FLAGS only before the backends start).
+jax.devices()
+
 # Day to day, most of a test's time is XLA compiling its small programs: keep them in
 # jax's persistent compilation cache between runs (a clean clone, as in CI, starts
 # empty). JNN_TEST_COMPILATION_CACHE=0 turns it off.

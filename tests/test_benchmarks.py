@@ -1,6 +1,7 @@
 """The benchmark suite's measuring functions, records, peers, interleaved rounds and report
 (no timing asserted)."""
 
+import io
 import json
 import os
 
@@ -80,9 +81,10 @@ def test_the_report_says_which_workers_made_the_harness_settings(tmp_path):
     text = header(allocator="harness", unroll_cap="harness")
     assert "jnn's workers keep freed memory" in text
     assert "jnn's workers cap LLVM's full unrolling at 8 iterations" in text
-    assert "the JAX peers compile with XLA's defaults" in text
-    assert "Every JAX worker (jnn, flax, nnx, keras) caps" in header(unroll_cap="all")
-    assert "Every worker compiles with XLA's defaults, jnn's too" in header(unroll_cap="none")
+    assert "the other JAX frameworks' workers unroll as LLVM does by default" in text
+    assert "Every JAX framework's worker (jnn, flax, nnx, keras) caps" in header(unroll_cap="all")
+    assert "No worker caps LLVM's full unrolling, jnn's neither" in header(unroll_cap="none")
+    assert "Not applied" not in text
 
 
 def test_achieved_flops_count_the_models_flops_where_a_scan_hides_them(tmp_path):
@@ -214,20 +216,51 @@ def test_jnn_alone_caps_full_unrolling_unless_the_run_says_all_or_none(monkeypat
         return {s["framework"] for s in specs if s["cap_full_unrolling"]}
 
     assert capping("harness") == {"jnn"}
-    assert capping("all") == set(frameworks.FRAMEWORKS)
+    assert capping("all") == set(frameworks.JAX_FRAMEWORKS)  # an XLA setting: not torch's
     assert capping("none") == set()
     with pytest.raises(ValueError, match="unroll_cap must be one of"):
         plan.make_plan(quick=True, unroll_cap="always")
-    from train import xla_flags
+    from train import unrolling
 
     calls = []
-    monkeypatch.setattr(xla_flags, "cap_full_unrolling", lambda: calls.append(1))
+    monkeypatch.setattr(unrolling, "cap_full_unrolling", lambda: calls.append(1))
     monkeypatch.setattr(jax.config, "update", lambda *args: None)  # _configure's cache folder
     for name in ("TORCHINDUCTOR_CACHE_DIR", "KERAS_BACKEND"):  # restored after the test
         monkeypatch.setenv(name, os.environ.get(name, ""))
     for cap in (False, True):
-        worker._configure({"devices": 1, "cache_dir": str(tmp_path), "cap_full_unrolling": cap})
+        spec = {"devices": 1, "cache_dir": str(tmp_path), "cap_full_unrolling": cap}
+        assert worker._configure(spec) == {}
     assert calls == [1]
+
+
+def test_a_setting_the_worker_could_not_make_reaches_its_records_and_the_report(monkeypatch,
+                                                                               tmp_path):
+    from train import unrolling
+
+    monkeypatch.setattr(unrolling, "cap_full_unrolling", lambda: "jax may compute on a GPU")
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "KERAS_BACKEND"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    spec = {"devices": 1, "cache_dir": str(tmp_path), "cap_full_unrolling": True,
+            "compile_only": True}
+    refused = worker._configure(spec)
+    assert refused == {"cap_full_unrolling": "jax may compute on a GPU"}
+    built = [{"framework": "jnn", "step": step} for step in ("train", "eval")]
+    monkeypatch.setattr(worker, "prepare", lambda spec: (None, built))
+    replies = io.StringIO()
+    worker.serve(spec, io.StringIO(), replies, refused)
+    sent = json.loads(replies.getvalue())["records"]
+    assert [r["refused"] for r in sent] == [refused, refused]
+    results = _synthetic_results()
+    for record in results["records"]:
+        if record["framework"] == "jnn":
+            record["refused"] = refused
+    assert schema.results_problems(results) == []
+    report.write_markdown(results, str(tmp_path / "results.md"))
+    assert ("Not applied, though asked for: jnn's capping LLVM's full unrolling (jax may "
+            "compute on a GPU).") in (tmp_path / "results.md").read_text()
+    results["records"][0]["refused"] = {"cap_full_unrolling": 1}
+    assert any("refused=" in p for p in schema.results_problems(results))
 
 
 class FakeWorker:

@@ -161,7 +161,7 @@ def train_command(args) -> int:
     if args.show:
         print(json.dumps(configs.to_dict(config), indent=2))
         return 0
-    from train.xla_flags import cap_full_unrolling
+    from train.unrolling import cap_full_unrolling
 
     cap_full_unrolling()  # before jax's backends start (JNN_CAP_FULL_UNROLLING=0: off)
     _initialize_distributed(args)
