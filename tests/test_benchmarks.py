@@ -480,12 +480,16 @@ def test_schema_rejects_a_malformed_record():
     assert any("round_step_ms" in p for p in problems)
 
 
-@pytest.mark.slow  # ten worker processes, torch.compile's cold compile
+@pytest.mark.slow  # six worker processes, torch.compile's cold compile
 def test_quick_smoke_on_the_smallest_model_writes_all_outputs(tmp_path):
-    assert bench_main.main(["--quick", "--only", "*/mlp/jit/*", "--out", str(tmp_path)]) == 0
+    # jnn, flax, torch eager and torch.compile (a first-call framework): every kind of worker
+    # path; nnx and keras build in test_every_framework_builds_the_same_number_of_parameters
+    assert bench_main.main(["--quick", "--only", "[jft]*/mlp/jit/*", "--out",
+                            str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert schema.results_problems(results) == [] and results["parameter_count_problems"] == []
-    assert {r["framework"] for r in results["records"]} == set(frameworks.FRAMEWORKS)
+    assert {r["framework"] for r in results["records"]} == {"jnn", "flax", "torch",
+                                                            "torch-compile"}
     assert not [r for r in results["records"] if r.get("error")]
     assert all(len(r["round_step_ms"]) == plan.QUICK_TIMING["rounds"]  # 5 with --quick
                for r in results["records"])
