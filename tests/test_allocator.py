@@ -63,25 +63,3 @@ def test_the_switch_turns_it_off_and_says_so(monkeypatch):
 
     monkeypatch.setenv(allocator.ENV_SWITCH, "0")
     assert allocator.keep_freed_memory() == "$JNN_KEEP_FREED_MEMORY is 0"
-
-
-def test_the_harness_keeps_freed_memory_before_training(monkeypatch, tmp_path):
-    import train.loop
-    from train import allocator
-    from train.__main__ import main
-
-    calls = []
-
-    class Stop(Exception):
-        pass
-
-    def train_and_evaluate(*args, **kwargs):
-        calls.append("train")
-        raise Stop
-
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("keep") or None)
-    monkeypatch.setattr(train.loop, "train_and_evaluate", train_and_evaluate)
-    monkeypatch.setenv("JNN_COMPILATION_CACHE", "0")
-    with pytest.raises(Stop):
-        main(["--workdir", str(tmp_path / "run"), "--traceback"])
-    assert calls == ["keep", "train"]

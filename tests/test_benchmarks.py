@@ -188,59 +188,47 @@ def test_the_plan_times_each_model_and_transform_as_one_group_of_rounds():
     assert [s["ensemble"] for s in by_key["mlp", "vmap"]] == [1, 4, 16]
 
 
-def test_jnn_alone_keeps_freed_memory_unless_the_run_says_all_or_none(monkeypatch, tmp_path):
-    def keeping(allocator):
-        specs = plan.make_plan(quick=True, only="*/mlp/jit/*", allocator=allocator)
-        return {s["framework"] for s in specs if s["keep_freed_memory"]}
-
-    assert keeping("harness") == {"jnn"}
-    assert keeping("all") == set(frameworks.FRAMEWORKS)
-    assert keeping("none") == set()
-    with pytest.raises(ValueError, match="allocator must be one of"):
-        plan.make_plan(quick=True, allocator="jemalloc")
-    from train import allocator
-
-    calls = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1))
-    monkeypatch.setattr(jax.config, "update", lambda *args: None)  # _configure's cache folder
-    for name in ("TORCHINDUCTOR_CACHE_DIR", "KERAS_BACKEND"):  # restored after the test
-        monkeypatch.setenv(name, os.environ.get(name, ""))
-    for keep in (False, True):
-        worker._configure({"devices": 1, "cache_dir": str(tmp_path), "keep_freed_memory": keep})
-    assert calls == [1]
-
-
-def test_jnn_alone_caps_full_unrolling_unless_the_run_says_all_or_none(monkeypatch, tmp_path):
-    def capping(choice):
-        specs = plan.make_plan(quick=True, only="*/mlp/jit/*", unroll_cap=choice)
-        return {s["framework"] for s in specs if s["cap_full_unrolling"]}
-
-    assert capping("harness") == {"jnn"}
-    assert capping("all") == set(frameworks.JAX_FRAMEWORKS)  # an XLA setting: not torch's
-    assert capping("none") == set()
-    with pytest.raises(ValueError, match="unroll_cap must be one of"):
-        plan.make_plan(quick=True, unroll_cap="always")
-    from train import unrolling
-
-    calls = []
-    monkeypatch.setattr(unrolling, "cap_full_unrolling", lambda: calls.append(1))
-    monkeypatch.setattr(jax.config, "update", lambda *args: None)  # _configure's cache folder
-    for name in ("TORCHINDUCTOR_CACHE_DIR", "KERAS_BACKEND"):  # restored after the test
-        monkeypatch.setenv(name, os.environ.get(name, ""))
-    for cap in (False, True):
-        spec = {"devices": 1, "cache_dir": str(tmp_path), "cap_full_unrolling": cap}
-        assert worker._configure(spec) == {}
-    assert calls == [1]
-
-
-def test_a_setting_the_worker_could_not_make_reaches_its_records_and_the_report(monkeypatch,
-                                                                               tmp_path):
-    from train import unrolling
-
-    monkeypatch.setattr(unrolling, "cap_full_unrolling", lambda: "jax may compute on a GPU")
+@pytest.fixture
+def configure_quietly(monkeypatch):
+    """worker._configure without its side effects on this process: no persistent-cache
+    folder set, and the environment variables it sets restored after the test."""
     monkeypatch.setattr(jax.config, "update", lambda *args: None)
     for name in ("TORCHINDUCTOR_CACHE_DIR", "KERAS_BACKEND"):
         monkeypatch.setenv(name, os.environ.get(name, ""))
+
+
+@pytest.mark.parametrize("option, spec_key, module, function, under_all", [
+    ("allocator", "keep_freed_memory", "allocator", "keep_freed_memory", frameworks.FRAMEWORKS),
+    # an XLA setting: not torch's
+    ("unroll_cap", "cap_full_unrolling", "unrolling", "cap_full_unrolling",
+     frameworks.JAX_FRAMEWORKS)])
+def test_jnn_alone_gets_a_harness_setting_unless_the_run_says_all_or_none(
+        option, spec_key, module, function, under_all, configure_quietly, monkeypatch,
+        tmp_path):
+    import importlib
+
+    def getting(choice):
+        specs = plan.make_plan(quick=True, only="*/mlp/jit/*", **{option: choice})
+        return {s["framework"] for s in specs if s[spec_key]}
+
+    assert getting("harness") == {"jnn"}
+    assert getting("all") == set(under_all)
+    assert getting("none") == set()
+    with pytest.raises(ValueError, match=f"{option} must be one of"):
+        plan.make_plan(quick=True, **{option: "always"})
+    calls = []
+    monkeypatch.setattr(importlib.import_module(f"train.{module}"), function,
+                        lambda: calls.append(1))
+    for on in (False, True):
+        assert worker._configure({"devices": 1, "cache_dir": str(tmp_path), spec_key: on}) == {}
+    assert calls == [1]
+
+
+def test_a_setting_the_worker_could_not_make_reaches_its_records_and_the_report(
+        configure_quietly, monkeypatch, tmp_path):
+    from train import unrolling
+
+    monkeypatch.setattr(unrolling, "cap_full_unrolling", lambda: "jax may compute on a GPU")
     spec = {"devices": 1, "cache_dir": str(tmp_path), "cap_full_unrolling": True,
             "compile_only": True}
     refused = worker._configure(spec)
