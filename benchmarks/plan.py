@@ -18,9 +18,13 @@ BATCH = 128  # the seed's batch size
 # many as fill min_round_ms), rounds. Many short rounds: a ratio is the median of per-round
 # ratios, and the machine drifts within seconds (5 rounds of 6 steps reproduced the seed
 # models' ratios only within 31%, 12 rounds of 3 within 23%: 3 steps of the 1 ms MLP are
-# 3 ms of timing, so min_round_ms times it over about 200 steps a round instead).
+# 3 ms of timing, so min_round_ms times it over many steps a round instead). With 12
+# rounds of 200 ms, the median of the per-round ratios still had a sampling error (its
+# bootstrap standard error) of 5-10% on the seed models, so two runs differed by up to
+# 26% in jnn / torch; 30 rounds of 100 ms cut that error by about a third at the same
+# time per round pair, and interleave twice as finely.
 QUICK_TIMING = {"warmup": 3, "repeats": 3, "rounds": 5, "min_round_ms": 100.0}
-FULL_TIMING = {"warmup": 5, "repeats": 3, "rounds": 12, "min_round_ms": 200.0}
+FULL_TIMING = {"warmup": 5, "repeats": 3, "rounds": 30, "min_round_ms": 100.0}
 # cold compiles per framework and model under jit, each in a fresh process (the compile
 # ratios are medians of per-round ratios, like the step ratios); other transforms compile
 # once. One cold compile per framework gave jnn/flax on the MLP 1.03x, 1.12x and 1.54x in
@@ -54,7 +58,7 @@ def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None
               compile_rounds: int | None = None, allocator: str = "harness",
               unroll_cap: str = "harness") -> list[dict]:
     """The specs of a run, in order. `only`: an fnmatch pattern on `spec_name`; `rounds`:
-    instead of the default rounds (5 quick, 12 full); `compile_rounds`: cold compiles per
+    instead of the default rounds (5 quick, 30 full); `compile_rounds`: cold compiles per
     spec under jit, instead of the default (1 quick, 3 full); `allocator` (which workers keep
     freed memory) and `unroll_cap` (which cap LLVM's full unrolling): one of
     HARNESS_SETTING_CHOICES."""

@@ -1,6 +1,8 @@
 """Test set-up: 8 forced CPU devices, and a private tfds data dir (nothing is downloaded)."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Before jax is imported anywhere: multi-device tests run on 8 CPU devices.
@@ -8,7 +10,9 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
 # The bundled datasets are prepared into a fresh dir; MNIST/CIFAR come from mock_data.
+# Removed when the test process exits (each xdist worker makes its own).
 os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="jnn-tfds-")
+atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], ignore_errors=True)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
