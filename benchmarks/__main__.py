@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: "
                         "benchmarks/results/<machine>)")
     parser.add_argument("--rounds", type=int, metavar="N", help="rounds of interleaved "
-                        "timing (default: 5 with --quick, else 30)")
+                        f"timing (default: {plan.QUICK_TIMING['rounds']} with --quick, else "
+                        f"{plan.FULL_TIMING['rounds']})")
     parser.add_argument("--compile-rounds", type=int, metavar="K", help="cold compiles per "
                         "framework and model under jit, each in a fresh process (default: 1 "
                         "with --quick, else 3)")

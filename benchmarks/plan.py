@@ -21,8 +21,9 @@ BATCH = 128  # the seed's batch size
 # 3 ms of timing, so min_round_ms times it over many steps a round instead). With 12
 # rounds of 200 ms, the median of the per-round ratios still had a sampling error (its
 # bootstrap standard error) of 5-10% on the seed models, so two runs differed by up to
-# 26% in jnn / torch; 30 rounds of 100 ms cut that error by about a third at the same
-# time per round pair, and interleave twice as finely.
+# 26% in jnn / torch; 30 rounds of 100 ms cut that error by about a third and interleave
+# twice as finely (a model whose 3 steps take over 100 ms, the CIFAR-10 CNN or
+# resmlp-128, spends 2.5x the time timing).
 QUICK_TIMING = {"warmup": 3, "repeats": 3, "rounds": 5, "min_round_ms": 100.0}
 FULL_TIMING = {"warmup": 5, "repeats": 3, "rounds": 30, "min_round_ms": 100.0}
 # cold compiles per framework and model under jit, each in a fresh process (the compile
@@ -58,7 +59,7 @@ def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None
               compile_rounds: int | None = None, allocator: str = "harness",
               unroll_cap: str = "harness") -> list[dict]:
     """The specs of a run, in order. `only`: an fnmatch pattern on `spec_name`; `rounds`:
-    instead of the default rounds (5 quick, 30 full); `compile_rounds`: cold compiles per
+    instead of the default rounds (QUICK_TIMING's or FULL_TIMING's); `compile_rounds`: cold compiles per
     spec under jit, instead of the default (1 quick, 3 full); `allocator` (which workers keep
     freed memory) and `unroll_cap` (which cap LLVM's full unrolling): one of
     HARNESS_SETTING_CHOICES."""

@@ -41,7 +41,8 @@ def compare(revision: str, models: list[str], rounds: int, quick: bool,
             compile_rounds: int = 1) -> list[str]:
     """Markdown lines: per model, step ms and compile s of REVISION and the working tree
     (compile s: the median of `compile_rounds` cold compiles, each in a fresh process)."""
-    timing = plan.QUICK_TIMING if quick else plan.FULL_TIMING
+    # fewer rounds than the suite's (7 by default), so longer ones unless --quick
+    timing = plan.QUICK_TIMING if quick else {**plan.FULL_TIMING, "min_round_ms": 200.0}
     lines = [f"# jnn at {revision} vs the working tree (interleaved, {rounds} rounds)", "",
              "| model | step | ms at " + revision + " | ms now | now / then (min-max) "
              "| compile s then | compile s now | now / then (min-max) |",

@@ -70,7 +70,9 @@ def _mean_of_members(outputs: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class Classification:
     """Softmax cross-entropy of (..., K) logits against integer (...) or one-hot (..., K)
-    labels, one unit per label position; metric "accuracy" (argmax hits).
+    labels, one unit per label position; metric "accuracy" (argmax hits). An integer
+    label outside [0, K) gives its unit a NaN loss, unless the unit's weight is 0
+    (padding may carry any label, such as -1).
 
     `confusion_matrix=True` adds the metric "confusion_matrix": its sum is the (K, K)
     count of units with true class i (row) predicted as j (column), its count the
@@ -89,9 +91,13 @@ class Classification:
     def __call__(self, outputs, batch):
         labels = _targets(batch, self.target)
         loss = elementwise.softmax_cross_entropy(outputs, labels, self.label_smoothing)
+        weights = unit_weights(batch, loss.shape, self.mask)
         if labels.ndim == outputs.ndim:  # one-hot
             labels = labels.argmax(-1)
-        weights = unit_weights(batch, loss.shape, self.mask)
+        else:  # a real unit whose label is no class has a NaN loss, so the bug shows;
+            # padding (weight 0) may carry any label, -1 say, and adds nothing
+            no_class = (labels < 0) | (labels >= outputs.shape[-1])
+            loss = jnp.where(no_class & (weights > 0), jnp.nan, loss)
         predicted = outputs.argmax(-1)
         metrics = {"accuracy": weighted_mean_metric(predicted == labels, weights)}
         if self.confusion_matrix:

@@ -174,8 +174,8 @@ def test_the_plan_covers_every_framework_on_the_seed_models_and_filters_by_patte
 
 
 def test_the_plan_times_each_model_and_transform_as_one_group_of_rounds():
-    assert {s["rounds"] for s in plan.make_plan(quick=True)} == {5}
-    assert {s["rounds"] for s in plan.make_plan(quick=False)} == {30}
+    assert {s["rounds"] for s in plan.make_plan(quick=True)} == {plan.QUICK_TIMING["rounds"]}
+    assert {s["rounds"] for s in plan.make_plan(quick=False)} == {plan.FULL_TIMING["rounds"]}
     assert {s["rounds"] for s in plan.make_plan(quick=True, rounds=7)} == {7}
     specs = plan.make_plan(quick=False)
     groups = plan.groups(specs)
