@@ -1,7 +1,7 @@
 """`python -m benchmarks`: compile time and step time of jnn side by side with its peers.
 
     python -m benchmarks --quick --out /tmp/b        # about 5 minutes on 2 CPU cores
-    python -m benchmarks --out benchmarks/results/cpu-2core   # the full run, about 60 min
+    python -m benchmarks --out benchmarks/results/cpu-2core   # the full run, about 90 min
     python -m benchmarks --only '*/mlp/jit/*'         # one model, every framework
     python -m benchmarks --quick --rounds 7           # more rounds: tighter ratios
     python -m benchmarks --only '*/mlp/jit/*' --compile-rounds 5   # more cold compiles
