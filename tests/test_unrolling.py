@@ -158,10 +158,10 @@ def _capped_or_not(tmp_path, capped: bool):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     said = json.loads(result.stdout.strip().splitlines()[-1])
-    ir_bytes = sum(os.path.getsize(folder / name) for name in os.listdir(folder)
-                   if name.endswith(".ir-with-opt.ll"))
+    ir = "".join((folder / name).read_text() for name in os.listdir(folder)
+                 if name.endswith(".ir-with-opt.ll"))
     values = np.load(folder / "values.npz")
-    return said, ir_bytes, [values[f"arr_{i}"] for i in range(len(values.files))]
+    return said, ir, [values[f"arr_{i}"] for i in range(len(values.files))]
 
 
 @pytest.mark.slow
@@ -170,8 +170,11 @@ def test_the_cap_keeps_a_loop_of_10_a_loop_and_the_values_as_they_were(tmp_path)
     assert said["refused"] is None and unrolling.UNROLL_CAP_FLAG in said["flags"].split()
     said, default_ir, default = _capped_or_not(tmp_path, False)
     assert said["refused"] == "$JNN_CAP_FULL_UNROLLING is 0"
-    # the loop of 10 written out ten times makes the uncapped kernel's IR several times larger
-    assert 0 < capped_ir < default_ir / 2, (capped_ir, default_ir)
+    # uncapped, the loop of 10 is written out: its division ten times over (the IR is 1.7x
+    # larger on an AVX-512 host, 9x on an AVX2 one); capped, the loop keeps one
+    divisions = {"capped": capped_ir.count(" fdiv "), "default": default_ir.count(" fdiv ")}
+    assert 0 < divisions["capped"] < divisions["default"] and divisions["default"] >= 10, divisions
+    assert len(capped_ir) < len(default_ir)
     assert len(capped) == len(default) > 3
     for a, b in zip(capped, default):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
