@@ -170,8 +170,8 @@ def test_the_cap_keeps_a_loop_of_10_a_loop_and_the_values_as_they_were(tmp_path)
     assert said["refused"] is None and unrolling.UNROLL_CAP_FLAG in said["flags"].split()
     said, default_ir, default = _capped_or_not(tmp_path, False)
     assert said["refused"] == "$JNN_CAP_FULL_UNROLLING is 0"
-    # uncapped, the loop of 10 is written out: its division ten times over (the IR is 1.7x
-    # larger on an AVX-512 host, 9x on an AVX2 one); capped, the loop keeps one
+    # uncapped, the loop of 10 is written out, its division ten times over; capped, it stays
+    # a loop with fewer (two on an AVX-512 host). The IR sizes differ 1.7x there, 9x on AVX2
     divisions = {"capped": capped_ir.count(" fdiv "), "default": default_ir.count(" fdiv ")}
     assert 0 < divisions["capped"] < divisions["default"] and divisions["default"] >= 10, divisions
     assert len(capped_ir) < len(default_ir)
