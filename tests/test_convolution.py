@@ -1,5 +1,7 @@
 """jnn.models.conv_general_dilated: lax's convolution, with odd channel counts padded on CPU."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import pytest
 from jax import lax
 
 from jnn import models
+from jnn.models import convolution
 from jnn.models.convolution import conv_general_dilated
 
 
@@ -47,7 +50,10 @@ def _input_features_of_the_convolutions(stablehlo: str) -> list[int]:
             for line in stablehlo.splitlines() if "stablehlo.convolution" in line]
 
 
-def test_on_cpu_three_channels_are_convolved_as_four_where_differentiated():
+@pytest.mark.parametrize("pads_without_derivative", [False, True])
+def test_on_cpu_three_channels_are_convolved_as_four_where_differentiated(
+        monkeypatch, pads_without_derivative):
+    monkeypatch.setattr(convolution, "pads_without_derivative", lambda: pads_without_derivative)
     x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 5))
 
     def conv(x, w):
@@ -57,9 +63,11 @@ def test_on_cpu_three_channels_are_convolved_as_four_where_differentiated():
     def kernel_gradient(x, w):  # as in a train step: the input batch has no gradient
         return jax.grad(lambda w: (conv(x, w) ** 2).sum())(w)
 
-    # no derivative (eval, predict): as it is; differentiated: padded, and only the
-    # forward and the kernel gradient are convolutions (none for the input's zero tangent)
-    assert _input_features_of_the_convolutions(jax.jit(conv).lower(x, w).as_text()) == [3]
+    # no derivative (eval, predict): padded on AVX-512 hosts, as it is elsewhere;
+    # differentiated: padded, and only the forward and the kernel gradient are
+    # convolutions (none for the input's zero tangent)
+    undifferentiated = _input_features_of_the_convolutions(jax.jit(conv).lower(x, w).as_text())
+    assert undifferentiated == [4 if pads_without_derivative else 3]
     gradient_features = _input_features_of_the_convolutions(
         jax.jit(kernel_gradient).lower(x, w).as_text())
     assert len(gradient_features) == 2 and gradient_features[0] == 4
@@ -108,7 +116,7 @@ def test_grouped_convolutions_equal_lax(groups):
 
 
 @pytest.mark.parametrize("case", ["1d", "3d", "strided_dilated", "dimension_numbers_object"])
-def test_other_layouts_strides_and_dilations_equal_lax(case):
+def test_other_layouts_strides_and_dilations_equal_lax(monkeypatch, case):
     kx, kw = jax.random.split(jax.random.PRNGKey(7))
     kwargs, padding = {}, "SAME"
     if case == "1d":
@@ -139,11 +147,17 @@ def test_other_layouts_strides_and_dilations_equal_lax(case):
         # 35 here; 1.6e-4 relative to one element on a CPU without AVX-512)
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * float(np.abs(want).max()))
     # differentiated, the forward convolution (the first) is of the padded input; without a
-    # derivative, of the input as it is
+    # derivative, of the input as it is, or padded (AVX-512 hosts) with the same values
+    padded_features = 8 if case == "1d" else 4
     padded = jax.jit(jax.grad(lambda x, w: loss(conv_general_dilated, x, w)[0])).lower(x, w)
-    assert _input_features_of_the_convolutions(padded.as_text())[0] == (8 if case == "1d" else 4)
-    plain = jax.jit(lambda x, w: loss(conv_general_dilated, x, w)).lower(x, w).as_text()
-    assert _input_features_of_the_convolutions(plain) == [x.shape[-1]]
+    assert _input_features_of_the_convolutions(padded.as_text())[0] == padded_features
+    for pads, features in [(False, x.shape[-1]), (True, padded_features)]:
+        monkeypatch.setattr(convolution, "pads_without_derivative", lambda: pads)
+        forward = jax.jit(lambda x, w: loss(conv_general_dilated, x, w)[1])
+        assert _input_features_of_the_convolutions(forward.lower(x, w).as_text()) == [features]
+        want = plain[0][1]
+        np.testing.assert_allclose(forward(x, w), want, rtol=2e-5,
+                                   atol=2e-5 * float(np.abs(want).max()))
 
 
 def test_a_bad_layout_gets_lax_own_error():
@@ -176,3 +190,11 @@ def test_the_cifar_cnn_keeps_its_parameters_and_equals_flax_convolutions():
     plain = jax.jit(jax.value_and_grad(lambda p: loss(PlainCifarCNN().apply, p)))(params)
     for got, want in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads Linux's CPU flags")
+def test_the_avx512_check_agrees_with_the_kernels_cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    assert convolution.host_has_avx512() == ("avx512f" in flags)
+    assert convolution.pads_without_derivative() == convolution.host_has_avx512()

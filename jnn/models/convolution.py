@@ -12,15 +12,19 @@ the outputs and gradients equal those of the plain convolution up to float round
 order of the additions changes). The kernel's gradient for the added rows is dropped by
 the slice, so parameters keep their shape.
 
-The padding happens only where a derivative is taken: a train step, and any jax.grad,
+The padding happens where a derivative is taken: a train step, and any jax.grad,
 jax.jvp or composition of them, differentiates the padded convolution (a custom JVP rule).
-Without a derivative (an eval step, prediction) the input is convolved as it is: XLA's
-CPU backend then hands the convolution to YNNPACK, for which the zero channels are only
-more work (CIFAR-10 CNN eval step: 0.87-0.94x the time of the padded one, 2-core AVX2
-CPU). The measurements above are of XLA's own convolution kernels, which a train step
-compiled with `jnn.train_compiler_options()` uses. Other platforms get
-`lax.conv_general_dilated` itself, and so do convolutions with feature groups. XLA's FLOP
-count of a padded convolution includes the zero channels.
+Without a derivative (an eval step, prediction) XLA's CPU backend hands the convolution to
+YNNPACK, whose speed on an odd channel count depends on the CPU. On hosts with AVX-512
+the undifferentiated convolution is padded too: the CIFAR-10 CNN's eval step took 0.70x
+the time padded (2-core Intel Xeon with AVX-512, 15 interleaved rounds; 0.71x when first
+measured, 2026-12-02), its first convolution with ReLU and pooling 2.9 ms against 6.6 ms.
+Elsewhere it is convolved as it is: on a 2-core AMD EPYC with AVX2 the unpadded eval
+step took 0.87-0.94x the time of the padded one. The measurements of the first paragraph
+are of XLA's own convolution kernels, which a train step compiled with
+`jnn.train_compiler_options()` uses. Other platforms get `lax.conv_general_dilated`
+itself, and so do convolutions with feature groups. XLA's FLOP count of a padded
+convolution includes the zero channels.
 
 Pass it to a Flax convolution: `nn.Conv(32, (3, 3), conv_general_dilated=conv_general_dilated)`;
 jnn's CNNs do.
@@ -28,10 +32,29 @@ jnn's CNNs do.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
+
+
+@functools.cache
+def host_has_avx512() -> bool:
+    """Whether this process's CPU has AVX-512 (numpy's table of the CPU features it
+    detected at import; False where numpy has none)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        return False
+    return bool(__cpu_features__.get("AVX512F", False))
+
+
+def pads_without_derivative() -> bool:
+    """Whether an undifferentiated CPU convolution of an odd channel count is padded too:
+    on hosts with AVX-512 (see the module). Read when a convolution is traced."""
+    return host_has_avx512()
 
 
 def _padded_channels(channels: int) -> int:
@@ -72,8 +95,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         return plain(pad(lhs, lhs_axis), pad(rhs, rhs_axis))
 
     @jax.custom_jvp
-    def convolved(lhs, rhs):
-        return plain(lhs, rhs)  # nothing differentiated: as it is (see the module)
+    def convolved(lhs, rhs):  # nothing differentiated: padded with AVX-512 (see the module)
+        return padded(lhs, rhs) if pads_without_derivative() else plain(lhs, rhs)
 
     def convolved_jvp(primals, tangents):
         # Differentiated (forward or reverse mode): the padded convolution, and its
