@@ -18,22 +18,29 @@ def _batches(n=4, size=16, seed=0):
              "y": rng.integers(0, 10, size=size)} for _ in range(n)]
 
 
-def _model():
+def _model(name="mlp"):
+    if name == "cnn":  # convolutions: what members="map" is for
+        return jnn.models.get("cnn", features=4, hidden=16, dropout_rate=0.3)
     return jnn.models.get("mlp", hidden_sizes=(32,), dropout_rate=0.3)
 
 
-def test_an_ensemble_equals_separate_runs_with_the_same_seeds():
+# how the compiled steps run the members (jnn.ensemble's module), for a dense model and a CNN
+MEMBERS_CASES = [("mlp", "vmap"), ("mlp", "map"), ("cnn", "vmap"), ("cnn", "map")]
+
+
+@pytest.mark.parametrize("model,members", MEMBERS_CASES)
+def test_an_ensemble_equals_separate_runs_with_the_same_seeds(model, members):
     batches, tx = _batches(), jnn.make_optimizer("adam", 1e-2)
     scales = [1.0, 0.5, 2.0]
-    states = ensemble.create_ensemble_state(_model(), tx, SEEDS, np.zeros((1, 8, 8, 1)),
+    states = ensemble.create_ensemble_state(_model(model), tx, SEEDS, np.zeros((1, 8, 8, 1)),
                                             learning_rate_scales=scales)
-    step = jax.jit(ensemble.ensemble_step(jnn.make_train_step()))
+    step = jax.jit(ensemble.ensemble_step(jnn.make_train_step(), members))
     for b in batches:
         states, metrics = step(states, b)
     assert metrics["loss"][0].shape == metrics["loss"][1].shape == (3,)
     for k, (seed, scale) in enumerate(zip(SEEDS, scales)):
         single_tx = optax.chain(tx, optax.scale(scale))
-        state = jnn.create_train_state(_model(), single_tx, jax.random.PRNGKey(seed),
+        state = jnn.create_train_state(_model(model), single_tx, jax.random.PRNGKey(seed),
                                        np.zeros((1, 8, 8, 1)))
         single = jax.jit(jnn.make_train_step())
         for b in batches:
@@ -45,11 +52,12 @@ def test_an_ensemble_equals_separate_runs_with_the_same_seeds():
                 np.testing.assert_allclose(value[k], single_value, rtol=1e-4)
 
 
-def test_ensemble_eval_reports_members_and_the_averaged_prediction():
-    states = ensemble.create_ensemble_state(_model(), jnn.make_optimizer("sgd", 0.1), SEEDS,
-                                            np.zeros((1, 8, 8, 1)))
+@pytest.mark.parametrize("model,members", MEMBERS_CASES)
+def test_ensemble_eval_reports_members_and_the_averaged_prediction(model, members):
+    states = ensemble.create_ensemble_state(_model(model), jnn.make_optimizer("sgd", 0.1),
+                                            SEEDS, np.zeros((1, 8, 8, 1)))
     b = jnn.data.pad_batch({k: v[:10] for k, v in _batches(1)[0].items()}, 16)
-    metrics = jax.jit(ensemble.make_ensemble_eval_step())(states, b)
+    metrics = jax.jit(ensemble.make_ensemble_eval_step(members=members))(states, b)
     outputs = [jnn.predict(ensemble.member(states, k), b["x"][:10]) for k in range(3)]
     assert set(metrics) == {"loss", "accuracy", "ensemble_loss", "ensemble_accuracy"}
     for k in range(3):
@@ -66,6 +74,13 @@ def test_ensemble_eval_reports_members_and_the_averaged_prediction():
     assert float(count) == 10
     np.testing.assert_allclose(
         loss_sum, -jnp.log(probs[jnp.arange(10), b["y"][:10]]).sum(), rtol=1e-5)
+
+
+def test_an_unknown_way_to_run_the_members_is_rejected():
+    for make in (lambda m: ensemble.ensemble_step(jnn.make_train_step(), m),
+                 lambda m: ensemble.make_ensemble_eval_step(members=m)):
+        with pytest.raises(ValueError, match="use one of 'vmap', 'map'"):
+            make("pmap")
 
 
 def test_mismatched_learning_rate_scales_are_rejected():
@@ -156,3 +171,23 @@ def test_dp_sgd_rejects_batchnorm_and_bad_settings():
                                    np.zeros((1, 8, 8, 1)))
     with pytest.raises(ValueError, match="without batch statistics.*instead of BatchNorm"):
         dp_sgd.make_dp_train_step(clip_norm=1.0, noise_multiplier=0.0)(state, _batches(1)[0])
+
+
+@pytest.mark.parametrize("name,auto", [("digits_cnn", "map"), ("digits_mlp", "vmap")])
+def test_the_harness_runs_convolutional_members_one_after_another_on_cpu(name, auto):
+    from train import config as configs
+    from train import runner
+
+    config = configs.get_config(name)
+    config.ensemble = 2
+    dataset = jnn.data.load(config["dataset"])
+    state = runner.make_state(config, dataset)
+    expected = auto if jax.default_backend() == "cpu" else "vmap"
+    assert runner.ensemble_members(config, state, dataset) == expected
+    for chosen in ensemble.MEMBERS:  # a value the config names is kept
+        config.ensemble_members = chosen
+        assert runner.ensemble_members(config, state, dataset) == chosen
+    config.ensemble_members = "pmap"
+    with pytest.raises(ValueError, match="unknown ensemble_members 'pmap'; choose one of "
+                                         "auto, vmap, map"):
+        configs.validate(config)

@@ -54,8 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
         parallel="auto",  # auto (shard when there are several devices), none, pmap, shard
         fsdp=False,  # with shard: split params and optimizer state over the devices
         per_device_batch_size=0,  # > 0: the global batch is this x the device count
-        ensemble=1,  # K > 1: train K members (seeds seed..seed+K-1) in one vmapped step
+        ensemble=1,  # K > 1: train K members (seeds seed..seed+K-1) in one compiled step
         ensemble_learning_rate_scales=placeholder(tuple),  # one learning-rate multiplier per member
+        ensemble_members="auto",  # vmap (side by side), map (one after another), auto (map on CPU
+        # for models with convolutions, whose vmapped form XLA's CPU backend runs slowly)
         dp_clip_norm=placeholder(float),  # DP-SGD: clip each example's gradient to this L2 norm
         dp_noise_multiplier=0.0,  # DP-SGD: noise std as a multiple of dp_clip_norm
         config_file=placeholder(str),  # the config file this came from (absolute); None: named
