@@ -308,7 +308,9 @@ def write_markdown(results: dict, path: str) -> None:
         "",
         "Devices here are forced CPU devices (`--xla_force_host_platform_device_count`): they "
         "share the same cores, so more devices cannot add throughput on a CPU; the rows show "
-        "the transforms' overhead, not scaling. The global batch is 128.",
+        "the transforms' overhead, not scaling. The global batch is 128. The vmap rows are "
+        "jnn's ensembles with their default `members=\"auto\"`: on CPU the CNNs' members run "
+        "one after another (lax.map), the MLP's side by side (vmap).",
         "",
         *transform_table(records),
     ]

@@ -1,4 +1,4 @@
-"""Ensembles: K independent models trained in one compiled step by vmapping the step.
+"""Ensembles: K independent models trained in one compiled step, vmapped or mapped over them.
 
     states = jnn.ensemble.create_ensemble_state(model, tx, seeds=[0, 1, 2, 3], sample=x,
                                                 learning_rate_scales=[1.0, 0.5, 1.0, 2.0])
@@ -9,16 +9,16 @@ Members share the batches and differ in their seed (initialisation and dropout) 
 optionally in a learning-rate multiplier, held in the optimizer state so that one
 compiled step serves every member.
 
-`members` says how the compiled step runs them: "vmap" (the default) side by side, as
-one batched program; "map" one after another (`lax.map`), each with a single member's
-program. Batched matmuls make "vmap" the faster for dense models, but XLA's CPU backend
-runs a vmapped convolution (a grouped one, once the members' activations differ) far
-slower than the members' own: on a 2-core CPU, four CIFAR-10 CNNs took 178 ms per train
-step with "map" against 299 ms with "vmap", and 40 against 259 ms per prediction; four
-MNIST CNNs 54 against 89 ms and 13 against 66 ms; four MLPs 4.0 against 2.6 ms and 1.06
-against 1.08 ms (batch 128, one process). Both give the same values up to float rounding. An NNX module given as an instance starts every
-member from its own weights; give a factory `rngs -> module` for a fresh init per seed.
-"""
+`members` says how the compiled step runs them: "vmap" side by side, as one batched
+program; "map" one after another (`lax.map`), each with a single member's program;
+"auto" (the default) is "map" on CPU for a step with a convolution and "vmap" otherwise
+(`resolve_members`). Batched matmuls make "vmap" the faster for dense models, but XLA's
+CPU backend runs a vmapped convolution (a grouped one, once the members' activations
+differ) far slower than the members' own: on a 2-core CPU, four CIFAR-10 CNNs took 178
+ms per train step with "map" against 299 ms with "vmap", and 40 against 259 ms per
+prediction; four MNIST CNNs 54 against 89 ms and 13 against 66 ms; four MLPs 4.0 against
+2.6 ms and 1.06 against 1.08 ms (batch 128, one process). Both give the same values up
+to float rounding."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.extend import core as jex_core
 
 from jnn import objectives as objectives_lib
 from jnn.model import as_model
@@ -66,24 +67,53 @@ def _members_initial_arrays(model, keys, batch):
     return jax.vmap(lambda key: initial_arrays(model, key, batch))(keys)
 
 
-MEMBERS = ("vmap", "map")
+MEMBERS = ("auto", "vmap", "map")
 
 
-def ensemble_step(train_step: Callable, members: str = "vmap") -> Callable:
+def ensemble_step(train_step: Callable, members: str = "auto") -> Callable:
     """The train step over stacked states and one shared batch: metrics gain a (K,) axis.
-    `members`: "vmap" runs the members side by side, "map" one after another (see the
-    module)."""
+    `members`: "vmap" runs the members side by side, "map" one after another, "auto"
+    picks (see the module)."""
     return _over_members(train_step, members)
+
+
+def resolve_members(fn: Callable, states: TrainState, batch, members: str = "auto") -> str:
+    """"vmap" or "map", the way `members` runs `fn(member, batch)` over stacked `states`:
+    "auto" is "map" on CPU when `fn` computes a convolution (traced, not run), else
+    "vmap"."""
+    if _checked(members) != "auto":
+        return members
+    if jax.default_backend() != "cpu":
+        return "vmap"
+    shapes = lambda tree, drop: jax.tree.map(  # noqa: E731
+        lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[drop:], jnp.result_type(a)), tree)
+    jaxpr = jax.make_jaxpr(fn)(shapes(states, 1), shapes(batch, 0))
+    return "map" if _has_convolution(jaxpr.jaxpr) else "vmap"
+
+
+def _checked(members: str) -> str:
+    if members not in MEMBERS:
+        raise ValueError(f"members={members!r} is not a way to run an ensemble's members; "
+                         f"use one of {', '.join(repr(m) for m in MEMBERS)}")
+    return members
+
+
+def _has_convolution(jaxpr) -> bool:
+    return any(eqn.primitive.name == "conv_general_dilated"
+               or any(_has_convolution(inner) for inner in jex_core.jaxprs_in_params(eqn.params))
+               for eqn in jaxpr.eqns)
 
 
 def _over_members(fn: Callable, members: str) -> Callable:
     """`(states, batch) -> fn(member, batch)` stacked over the members, by `members`."""
-    if members == "vmap":
-        return jax.vmap(fn, in_axes=(0, None))
-    if members == "map":
-        return lambda states, batch: lax.map(lambda state: fn(state, batch), states)
-    raise ValueError(f"members={members!r} is not a way to run an ensemble's members; use "
-                     f"one of {', '.join(repr(m) for m in MEMBERS)}")
+    _checked(members)
+
+    def over_members(states, batch):
+        if resolve_members(fn, states, batch, members) == "map":
+            return lax.map(lambda state: fn(state, batch), states)
+        return jax.vmap(fn, in_axes=(0, None))(states, batch)
+
+    return over_members
 
 
 def member(states: TrainState, k: int) -> TrainState:
@@ -91,7 +121,7 @@ def member(states: TrainState, k: int) -> TrainState:
     return jax.tree.map(lambda x: x[k], states)
 
 
-def make_ensemble_eval_step(objective="cross_entropy", members: str = "vmap") -> Callable:
+def make_ensemble_eval_step(objective="cross_entropy", members: str = "auto") -> Callable:
     """`(states, batch) -> metrics`: each member's metrics with a (K,) axis, plus the
     averaged prediction's as "ensemble_<name>" (the objective's `combine_members` makes
     it: the mean of the members' probabilities for classification and binary labels,

@@ -25,7 +25,8 @@ def _model(name="mlp"):
 
 
 # how the compiled steps run the members (jnn.ensemble's module), for a dense model and a CNN
-MEMBERS_CASES = [("mlp", "vmap"), ("mlp", "map"), ("cnn", "vmap"), ("cnn", "map")]
+MEMBERS_CASES = [("mlp", "vmap"), ("mlp", "map"), ("cnn", "vmap"), ("cnn", "map"),
+                 ("cnn", "auto")]
 
 
 @pytest.mark.parametrize("model,members", MEMBERS_CASES)
@@ -79,7 +80,7 @@ def test_ensemble_eval_reports_members_and_the_averaged_prediction(model, member
 def test_an_unknown_way_to_run_the_members_is_rejected():
     for make in (lambda m: ensemble.ensemble_step(jnn.make_train_step(), m),
                  lambda m: ensemble.make_ensemble_eval_step(members=m)):
-        with pytest.raises(ValueError, match="use one of 'vmap', 'map'"):
+        with pytest.raises(ValueError, match="use one of 'auto', 'vmap', 'map'"):
             make("pmap")
 
 
@@ -174,20 +175,21 @@ def test_dp_sgd_rejects_batchnorm_and_bad_settings():
 
 
 @pytest.mark.parametrize("name,auto", [("digits_cnn", "map"), ("digits_mlp", "vmap")])
-def test_the_harness_runs_convolutional_members_one_after_another_on_cpu(name, auto):
+def test_auto_runs_convolutional_members_one_after_another_on_cpu(name, auto):
     from train import config as configs
     from train import runner
 
     config = configs.get_config(name)
     config.ensemble = 2
     dataset = jnn.data.load(config["dataset"])
-    state = runner.make_state(config, dataset)
+    states = runner.make_state(config, dataset)
+    batch = {"x": dataset.train["x"][:8], "y": dataset.train["y"][:8]}
     expected = auto if jax.default_backend() == "cpu" else "vmap"
-    assert runner.ensemble_members(config, state, dataset) == expected
-    for chosen in ensemble.MEMBERS:  # a value the config names is kept
-        config.ensemble_members = chosen
-        assert runner.ensemble_members(config, state, dataset) == chosen
-    config.ensemble_members = "pmap"
+    for fn in (jnn.make_train_step(), jnn.predict):
+        assert ensemble.resolve_members(fn, states, batch) == expected
+        for chosen in ("vmap", "map"):  # a way named is kept
+            assert ensemble.resolve_members(fn, states, batch, chosen) == chosen
+    config.ensemble_members = "pmap"  # the harness's field takes the same names
     with pytest.raises(ValueError, match="unknown ensemble_members 'pmap'; choose one of "
                                          "auto, vmap, map"):
         configs.validate(config)

@@ -87,7 +87,7 @@ def _choices() -> dict:
         "optimizer": jnn.optimizer_names(), "schedule": jnn.schedule_names(),
         "loss": jnn.objectives.names(), "parallel": ["auto", "none", "pmap", "shard"],
         "compute_dtype": [None, "float32", "bfloat16", "float16"],
-        "ensemble_members": ["auto", *jnn.ensemble.MEMBERS],
+        "ensemble_members": list(jnn.ensemble.MEMBERS),
     }
 
 

@@ -144,21 +144,7 @@ def make_objective(config: dict, *, evaluation: bool = False, num_classes: int =
     return jnn.objectives.get(config["loss"], **options)
 
 
-def ensemble_members(config: dict, state, dataset: jnn.data.Dataset) -> str:
-    """How the ensemble's compiled steps run its members (jnn.ensemble): the config's
-    `ensemble_members`, where "auto" is "map" on CPU for a model with convolutions (XLA's
-    CPU backend runs vmapped convolutions slowly) and "vmap" otherwise."""
-    members = config["ensemble_members"]
-    if members != "auto":
-        return members
-    if jax.default_backend() != "cpu":
-        return "vmap"
-    sample = {"x": np.zeros((1, *dataset.input_shape), np.float32)}
-    jaxpr = jax.make_jaxpr(jnn.predict)(jnn.ensemble.member(state, 0), sample)  # traced only
-    return "map" if "conv_general_dilated" in str(jaxpr) else "vmap"
-
-
-def _steps(config: dict, dataset: jnn.data.Dataset, state, axis_name: str | None = None):
+def _steps(config: dict, dataset: jnn.data.Dataset, axis_name: str | None = None):
     objective, penalties = make_objective(config), dict(l1=config["l1"], l2=config["l2"])
     eval_objective = make_objective(config, evaluation=True, num_classes=dataset.num_outputs)
     if config["dp_clip_norm"] is not None:
@@ -174,7 +160,7 @@ def _steps(config: dict, dataset: jnn.data.Dataset, state, axis_name: str | None
                                          compute_dtype=config["compute_dtype"],
                                          skip_nonfinite=config["skip_nonfinite"], **penalties)
     if config["ensemble"] > 1:
-        members = ensemble_members(config, state, dataset)
+        members = config["ensemble_members"]  # auto: map on CPU for convolutions (jnn.ensemble)
         return (jnn.ensemble.ensemble_step(train_step, members),
                 jnn.ensemble.make_ensemble_eval_step(eval_objective, members))
     return train_step, jnn.make_eval_step(eval_objective, axis_name=axis_name,
@@ -205,7 +191,7 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
             configs.check_batch_divides(batch_size, jax.device_count())
         mesh = parallel.make_mesh(jax.local_devices()[:1] if mode == "none" else None)
         state = make_state(config, dataset, mesh=mesh)
-        train_fn, eval_fn = _steps(config, dataset, state)
+        train_fn, eval_fn = _steps(config, dataset)
         if k > 1:
             train_fn = jnn.multistep.scan_steps(train_fn)
         train_jit = parallel.jit_sharded(train_fn, state, mesh, fsdp=config["fsdp"],
@@ -222,7 +208,7 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
     elif mode == "pmap":
         configs.check_batch_divides(batch_size, jax.device_count())
         state = parallel.replicate(make_state(config, dataset, axis_name=parallel.PMAP_AXIS))
-        train_fn, eval_fn = _steps(config, dataset, state, axis_name=parallel.PMAP_AXIS)
+        train_fn, eval_fn = _steps(config, dataset, axis_name=parallel.PMAP_AXIS)
         if k > 1:
             train_fn = jnn.multistep.scan_steps(train_fn, axis_name=parallel.PMAP_AXIS)
         train_jit = parallel.pmap_train_step(train_fn)
