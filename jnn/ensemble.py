@@ -11,8 +11,8 @@ compiled step serves every member.
 
 `members` says how the compiled step runs them: "vmap" side by side, as one batched
 program; "map" one after another (`lax.map`), each with a single member's program;
-"auto" (the default) is "map" on CPU for a step with a convolution and "vmap" otherwise
-(`resolve_members`). Batched matmuls make "vmap" the faster for dense models, but XLA's
+"auto" (the default) is "map" on CPU for a step with convolutions that XLA runs well in
+a loop, and "vmap" otherwise (`resolve_members`). Batched matmuls make "vmap" the faster for dense models, but XLA's
 CPU backend runs a vmapped convolution (a grouped one, once the members' activations
 differ) far slower than the members' own: on a 2-core CPU, four CIFAR-10 CNNs took 178
 ms per train step with "map" against 299 ms with "vmap", and 40 against 259 ms per
@@ -78,9 +78,14 @@ def ensemble_step(train_step: Callable, members: str = "auto") -> Callable:
 
 
 def resolve_members(fn: Callable, states: TrainState, batch, members: str = "auto") -> str:
-    """"vmap" or "map", the way `members` runs `fn(member, batch)` over stacked `states`:
-    "auto" is "map" on CPU when `fn` computes a convolution (traced, not run), else
-    "vmap"."""
+    """"vmap" or "map", the way `members` runs `fn(member, batch)` over stacked `states`.
+
+    "auto" is "map" on CPU when `fn` (traced on one member's shapes, not run) computes
+    convolutions and each of them runs well in a loop, else "vmap". XLA:CPU brings a
+    convolution into its canonical dimensions only outside loops: jnn's convolutions
+    (`jnn.models.convolution`, their CPU branch) are written canonical, gradients
+    included, and so is a plain forward NHWC/HWIO one; lax's kernel gradient is not and
+    ran 30-60x slower mapped, so a step with one of those stays vmapped."""
     if _checked(members) != "auto":
         return members
     if jax.default_backend() != "cpu":
@@ -88,7 +93,9 @@ def resolve_members(fn: Callable, states: TrainState, batch, members: str = "aut
     shapes = lambda tree, drop: jax.tree.map(  # noqa: E731
         lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[drop:], jnp.result_type(a)), tree)
     jaxpr = jax.make_jaxpr(fn)(shapes(states, 1), shapes(batch, 0))
-    return "map" if _has_convolution(jaxpr.jaxpr) else "vmap"
+    convolutions = list(_convolutions(jaxpr.jaxpr))
+    return "map" if convolutions and all(
+        _runs_well_in_a_loop(eqn.params, ours) for eqn, ours in convolutions) else "vmap"
 
 
 def _checked(members: str) -> str:
@@ -98,10 +105,33 @@ def _checked(members: str) -> str:
     return members
 
 
-def _has_convolution(jaxpr) -> bool:
-    return any(eqn.primitive.name == "conv_general_dilated"
-               or any(_has_convolution(inner) for inner in jex_core.jaxprs_in_params(eqn.params))
-               for eqn in jaxpr.eqns)
+def _convolutions(jaxpr, ours: bool = False):
+    """(equation, ours) for each convolution the CPU runs in `jaxpr`: of a
+    platform-dependent conditional (jnn's convolutions) only the CPU branch is looked at,
+    and its convolutions are `ours`."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            yield eqn, ours
+        platforms = eqn.params.get("branches_platforms") if eqn.primitive.name == "cond" else None
+        if platforms is not None:
+            cpu = [i for i, names in enumerate(platforms) if names and "cpu" in names]
+            index = cpu[0] if cpu else len(platforms) - 1  # else the default branch
+            yield from _convolutions(eqn.params["branches"][index].jaxpr, ours=bool(cpu))
+            continue
+        for inner in jex_core.jaxprs_in_params(eqn.params):
+            yield from _convolutions(inner, ours)
+
+
+def _runs_well_in_a_loop(params, ours: bool) -> bool:
+    if params["feature_group_count"] != 1 or params["batch_group_count"] != 1:
+        return False
+    if ours:
+        return True
+    lhs, rhs, out = params["dimension_numbers"]
+    n = len(lhs)
+    spatial = tuple(range(1, n - 1))
+    return (tuple(lhs) == tuple(out) == (0, n - 1, *spatial)
+            and tuple(rhs) == (n - 1, n - 2, *range(n - 2)))
 
 
 def _over_members(fn: Callable, members: str) -> Callable:

@@ -149,6 +149,38 @@ def test_grouped_convolutions_equal_lax(groups):
     np.testing.assert_array_equal(ours, lax.conv_general_dilated(
         x, w, (1, 1), "VALID", dimension_numbers=dims, **groups))
 
+    def value_and_grads(conv):  # grouped convolutions keep jax's own derivative
+        loss = lambda x, w: jnp.sum(jnp.sin(conv(  # noqa: E731
+            x, w, (1, 1), "VALID", dimension_numbers=dims, **groups)))
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
+
+    for got, want in zip(jax.tree.leaves(value_and_grads(conv_general_dilated)),
+                         jax.tree.leaves(value_and_grads(lax.conv_general_dilated))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_bfloat16_operands_with_a_float32_result_equal_lax():
+    # mixed precision: bfloat16 operands accumulated into float32 (preferred_element_type),
+    # the three channels padded, gradients in the operands' dtype as lax gives them
+    kx, kw = jax.random.split(jax.random.PRNGKey(11))
+    x = jax.random.normal(kx, (4, 9, 9, 3)).astype(jnp.bfloat16)
+    w = jax.random.normal(kw, (3, 3, 3, 8)).astype(jnp.bfloat16)
+
+    def value_and_grads(conv):
+        loss = lambda x, w: jnp.sum(jnp.tanh(conv(  # noqa: E731
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            preferred_element_type=jnp.float32)))
+        out = jax.jit(lambda x, w: conv(x, w, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        preferred_element_type=jnp.float32))(x, w)
+        return out, *jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
+
+    for got, want in zip(jax.tree.leaves(value_and_grads(conv_general_dilated)),
+                         jax.tree.leaves(value_and_grads(lax.conv_general_dilated))):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+        np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * float(np.abs(want).max()))
+
 
 @pytest.mark.parametrize("case", ["1d", "3d", "strided_dilated", "dimension_numbers_object"])
 def test_other_layouts_strides_and_dilations_equal_lax(monkeypatch, case):
@@ -230,6 +262,8 @@ def test_the_cifar_cnn_keeps_its_parameters_and_equals_flax_convolutions():
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads Linux's CPU flags")
 def test_the_avx512_check_agrees_with_the_kernels_cpu_flags():
     with open("/proc/cpuinfo") as f:
-        flags = next(line for line in f if line.startswith("flags")).split()
+        flags = next((line for line in f if line.startswith("flags")), "").split()
+    if not flags:
+        pytest.skip("/proc/cpuinfo lists no x86 flags (another architecture)")
     assert convolution.host_has_avx512() == ("avx512f" in flags)
     assert convolution.pads_without_derivative() == convolution.host_has_avx512()
