@@ -395,3 +395,24 @@ def write_plots(results: dict, out_dir: str) -> list[str]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
+
+
+
+def publish_study(result: dict, markdown, out_dir: str | None, stem: str) -> None:
+    """A side study's result (`benchmarks.steps_per_call`, `benchmarks.cpu_fusion_options`):
+    names the device in it, prints its table (markdown(result, device)), and writes
+    `stem`.json and `stem`.md into `out_dir` unless that is None."""
+    import json
+
+    import jax
+
+    result["device"] = jax.devices()[0].device_kind
+    text = markdown(result, result["device"])
+    print(text)
+    if out_dir is None:
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
+        f.write(text)

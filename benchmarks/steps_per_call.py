@@ -15,12 +15,12 @@ are compared too: several steps per call must give the same run, up to float rou
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import statistics
 import sys
 import tempfile
+
+from benchmarks.report import publish_study
 
 
 # The scanned steps are the same steps, but XLA compiles the loop body on its own, so float
@@ -98,18 +98,8 @@ def main(argv=None) -> int:
         parser.error(f"--values takes integers separated by commas, not {args.values!r}")
     if args.rounds < 1 or any(v < 1 for v in values):
         parser.error("--rounds and every --values entry must be >= 1")
-    import jax
-
     result = measure(args.configs.split(","), values, args.rounds, args.epochs)
-    result["device"] = jax.devices()[0].device_kind
-    text = markdown(result, result["device"])
-    print(text)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "steps_per_call.json"), "w") as f:
-            json.dump(result, f, indent=2)
-        with open(os.path.join(args.out, "steps_per_call.md"), "w") as f:
-            f.write(text)
+    publish_study(result, markdown, args.out, "steps_per_call")
     return 0 if all(row["same_run"] for row in result["rows"]) else 1
 
 

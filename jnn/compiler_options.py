@@ -19,7 +19,10 @@ models (batch 128, 2-core CPU, interleaved in one process), the train step took:
 - a vmap ensemble of 4 CIFAR-10 CNNs: 0.20x; of one MNIST CNN: 0.85x;
 - MLP 0.92x; residual MLP (depth 8 and 128): 0.98-1.04x, within noise.
 Eval steps gain nothing from this (YNNPACK's fused forward pass is the faster one), so
-they keep XLA's defaults. Other backends get no options.
+they keep XLA's defaults. Other backends get no options. With the dots out of YNNPACK too,
+the dense models' steps (MLP, residual MLP) took 0.83-0.94x the time but the CNNs' train
+steps 1.00-1.19x and eval steps 1.6-2.1x (`python -m benchmarks.cpu_fusion_options`, 2-core
+AMD EPYC with AVX-512), so one list serves every model for now.
 
 One more CPU setting belongs to the process, not to a program: LLVM's full unrolling,
 capped at 8 iterations by `train.unrolling` (`python -m train` sets it), which cut the

@@ -601,3 +601,27 @@ def test_steps_per_call_benchmark_times_each_value_against_one_and_checks_the_sa
     assert "| digits_mlp | 3 |" in (tmp_path / "steps_per_call.md").read_text()
     with pytest.raises(SystemExit):
         steps_per_call.main(["--values", "0"])
+
+
+def test_cpu_fusion_options_times_each_variant_against_jnn_and_checks_the_same_values(
+        tmp_path, capsys):
+    from benchmarks import cpu_fusion_options as fusion
+
+    assert fusion.main(["--models", "mlp", "--rounds", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "cpu_fusion_options.json").read_text())
+    rows = {(row["step"], row["variant"]): row for row in result["rows"]}
+    assert set(rows) == ({("train", n) for n, _ in fusion.TRAIN_VARIANTS}
+                         | {("eval", n) for n, _ in fusion.EVAL_VARIANTS})
+    assert rows["train", "jnn"]["ratio"] == 1.0 and rows["eval", "jnn"]["ratio"] == 1.0
+    assert all(row["same_values"] and row["step_ms"] > 0 for row in rows.values())
+    assert "| mlp | train | ynn-off |" in (tmp_path / "cpu_fusion_options.md").read_text()
+    for bad in (["--models", "mlpp"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit):
+            fusion.main(bad)
+
+
+def test_cpu_fusion_options_flags_a_variant_whose_values_differ():
+    from benchmarks.cpu_fusion_options import _same_values
+
+    assert _same_values({"loss": (1.0, 2.0)}, {"loss": (1.0 + 1e-6, 2.0)})
+    assert not _same_values({"loss": (1.0, 2.0)}, {"loss": (1.01, 2.0)})
