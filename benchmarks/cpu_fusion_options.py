@@ -23,14 +23,13 @@ import sys
 import time
 
 from benchmarks.report import publish_study
+from jnn.compiler_options import CPU_YNN_FUSION_OPTION as YNN_FUSION_TYPE, train_compiler_options
 
-YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 XNN_FUSION_TYPE = "xla_cpu_experimental_xnn_fusion_type"
 
-# (name, options) per step kind; the first of each is jnn's own, the baseline. None stands
-# for jnn.train_compiler_options("cpu"), read once jnn is imported.
+# (name, options) per step kind; the first of each is jnn's own, the baseline.
 TRAIN_VARIANTS = (
-    ("jnn", None),
+    ("jnn", train_compiler_options("cpu")),
     ("ynn-reduce-only", {YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_REDUCE"}),
     ("ynn-off", {YNN_FUSION_TYPE: ""}),
     ("xnn-dot", {YNN_FUSION_TYPE: "", XNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}),
@@ -62,7 +61,6 @@ def _compiled(models: list[str], batch_size: int):
         state = jnn.create_train_state(make_model(name), optax.adam(1e-3),
                                        jax.random.PRNGKey(0), x[:1])
         for variant, options in TRAIN_VARIANTS:
-            options = jnn.train_compiler_options("cpu") if options is None else options
             step = jax.jit(jnn.make_train_step(), compiler_options=options)
             step = step.lower(state, batch).compile()
             metrics = jax.device_get(step(state, batch)[1])
@@ -118,8 +116,7 @@ def measure(models: list[str], rounds: int, batch_size: int = 128) -> dict:
                      "same_values": _same_values(steps[name, kind, variant][1],
                                                  steps[base][1])})
     return {"rounds": rounds, "batch": batch_size, "rows": rows,
-            "variants": {"train": {n: o for n, o in TRAIN_VARIANTS if o is not None},
-                         "eval": dict(EVAL_VARIANTS)}}
+            "variants": {"train": dict(TRAIN_VARIANTS), "eval": dict(EVAL_VARIANTS)}}
 
 
 def markdown(result: dict, device: str) -> str:

@@ -397,7 +397,6 @@ def write_plots(results: dict, out_dir: str) -> list[str]:
     return paths
 
 
-
 def publish_study(result: dict, markdown, out_dir: str | None, stem: str) -> None:
     """A side study's result (`benchmarks.steps_per_call`, `benchmarks.cpu_fusion_options`):
     names the device in it, prints its table (markdown(result, device)), and writes

@@ -40,6 +40,8 @@ import jax
 # INDIVIDUAL_DOT also fuses other ops into the dots: it made a single-member vmap of the
 # MNIST CNN 2.3x slower (the pooling gradient's broadcast and multiply fused into a dot).
 CPU_YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+# The XLA:CPU option that takes such a list.
+CPU_YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
 
 KNOWN_PLATFORMS = frozenset({"cpu", "gpu", "cuda", "rocm", "tpu", "metal"})
@@ -49,7 +51,7 @@ def train_compiler_options(platform: str | None = None) -> dict[str, str]:
     """The XLA compiler options for a train step on `platform` ("cpu", "gpu", "tpu"; by
     default jax's default backend), for `jax.jit(..., compiler_options=...)`."""
     if _checked(platform) == "cpu":
-        return {"xla_cpu_experimental_ynn_fusion_type": CPU_YNN_FUSION_TYPES}
+        return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES}
     return {}
 
 
