@@ -4,12 +4,13 @@ with other lists of the kernels XLA hands to YNNPACK, against the ones jnn uses.
     python -m benchmarks.cpu_fusion_options --models mlp,resmlp-2,cnn --rounds 25
     python -m benchmarks.cpu_fusion_options --out benchmarks/results/cpu-2core-epyc-avx512
 
-jnn compiles a train step with `jnn.train_compiler_options()` (YNNPACK keeps single dots and
-reductions, convolutions go to XLA's own kernels) and an eval step with XLA's defaults
-(jnn/compiler_options.py says why). This measures, for each model, the step compiled with
-each variant below, all in this process, timed in turns over `--rounds` rounds whose order
-rotates (A B C, B C A, ...); a ratio is the median over rounds of the variant's time over
-jnn's in the same round, with its spread. Every variant must compute the same metrics as
+jnn compiles each step with options for its program (jnn/compiler_options.py says why): a
+train step that computes convolutions with YNNPACK keeping single dots and reductions
+(convolutions go to XLA's own kernels), its eval step with XLA's defaults, and a step
+without convolutions with YNNPACK off. This measures, for each model, the step compiled with
+jnn's choice and with each fixed list below, all in this process, timed in turns over
+`--rounds` rounds whose order rotates (A B C, B C A, ...); a ratio is the median over
+rounds of the variant's time over jnn's in the same round, with its spread. Every variant must compute the same metrics as
 jnn's step from the same state, up to float rounding (SAME_VALUES_RTOL; exit code 1
 otherwise): the options pick kernels, not what is computed.
 """
@@ -23,19 +24,24 @@ import sys
 import time
 
 from benchmarks.report import publish_study
-from jnn.compiler_options import CPU_YNN_FUSION_OPTION as YNN_FUSION_TYPE, train_compiler_options
+from jnn.compiler_options import (CPU_YNN_FUSION_OPTION as YNN_FUSION_TYPE,
+                                  CPU_YNN_FUSION_TYPES)
 
 XNN_FUSION_TYPE = "xla_cpu_experimental_xnn_fusion_type"
 
-# (name, options) per step kind; the first of each is jnn's own, the baseline.
+# (name, options) per step kind; the first of each, jnn's choice for the program (None:
+# `jnn.train_compiler_options(jaxpr=...)` / `jnn.eval_compiler_options(jaxpr=...)`), is
+# the baseline.
 TRAIN_VARIANTS = (
-    ("jnn", train_compiler_options("cpu")),
+    ("jnn", None),
+    ("convolution-list", {YNN_FUSION_TYPE: CPU_YNN_FUSION_TYPES}),
     ("ynn-reduce-only", {YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_REDUCE"}),
     ("ynn-off", {YNN_FUSION_TYPE: ""}),
     ("xnn-dot", {YNN_FUSION_TYPE: "", XNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}),
 )
 EVAL_VARIANTS = (
-    ("jnn", {}),
+    ("jnn", None),
+    ("xla-defaults", {}),
     ("ynn-off", {YNN_FUSION_TYPE: ""}),
     ("xnn-dot", {YNN_FUSION_TYPE: "", XNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}),
 )
@@ -44,8 +50,9 @@ MIN_TIMED_S = 0.1  # per variant and round, at least 3 steps
 
 
 def _compiled(models: list[str], batch_size: int):
-    """{(model, kind, variant): (run, metrics)}: run() does one step, metrics are the step's
-    outputs from the initial state (train: its metrics; eval: the eval step's)."""
+    """{(model, kind, variant): (run, metrics, options)}: run() does one step, metrics are
+    the step's outputs from the initial state (train: its metrics; eval: the eval step's),
+    options what it was compiled with."""
     import jax
     import optax
 
@@ -61,8 +68,10 @@ def _compiled(models: list[str], batch_size: int):
         state = jnn.create_train_state(make_model(name), optax.adam(1e-3),
                                        jax.random.PRNGKey(0), x[:1])
         for variant, options in TRAIN_VARIANTS:
-            step = jax.jit(jnn.make_train_step(), compiler_options=options)
-            step = step.lower(state, batch).compile()
+            traced = jax.jit(jnn.make_train_step()).trace(state, batch)
+            if options is None:
+                options = jnn.train_compiler_options("cpu", jaxpr=traced.jaxpr)
+            step = traced.lower().compile(options)
             metrics = jax.device_get(step(state, batch)[1])
             holder = {"state": state}
 
@@ -70,15 +79,17 @@ def _compiled(models: list[str], batch_size: int):
                 holder["state"], out = step(holder["state"], batch)
                 jax.block_until_ready(out)
 
-            steps[name, "train", variant] = (run, metrics)
+            steps[name, "train", variant] = (run, metrics, options)
         for variant, options in EVAL_VARIANTS:
-            step = jax.jit(jnn.make_eval_step(), compiler_options=options)
-            step = step.lower(state, batch).compile()
+            traced = jax.jit(jnn.make_eval_step()).trace(state, batch)
+            if options is None:
+                options = jnn.eval_compiler_options("cpu", jaxpr=traced.jaxpr)
+            step = traced.lower().compile(options)
 
             def run(step=step, state=state, batch=batch):
                 jax.block_until_ready(step(state, batch))
 
-            steps[name, "eval", variant] = (run, jax.device_get(step(state, batch)))
+            steps[name, "eval", variant] = (run, jax.device_get(step(state, batch)), options)
     return steps
 
 
@@ -112,7 +123,7 @@ def measure(models: list[str], rounds: int, batch_size: int = 128) -> dict:
         rows.append({"model": name, "step": kind, "variant": variant,
                      "step_ms": statistics.median(times[name, kind, variant]),
                      "ratio": statistics.median(ratios), "ratio_min": min(ratios),
-                     "ratio_max": max(ratios),
+                     "ratio_max": max(ratios), "options": steps[name, kind, variant][2],
                      "same_values": _same_values(steps[name, kind, variant][1],
                                                  steps[base][1])})
     return {"rounds": rounds, "batch": batch_size, "rows": rows,
@@ -124,15 +135,17 @@ def markdown(result: dict, device: str) -> str:
              "`python -m benchmarks.cpu_fusion_options`: step ms is the median over "
              f"{result['rounds']} interleaved rounds (batch {result['batch']}); ratio = the "
              "variant's time / jnn's in the same round, median [min-max]. Variants: "
-             "train `jnn` = `jnn.train_compiler_options()`, eval `jnn` = XLA's defaults; "
+             "`jnn` = jnn's options for the step's program (`jnn.train_compiler_options` / "
+             "`jnn.eval_compiler_options` given its jaxpr); "
              + "; ".join(f"{kind} `{n}` = `{o}`" for kind in ("train", "eval")
                          for n, o in result["variants"][kind].items() if n != "jnn") + ".",
-             "", "| model | step | variant | step ms | ratio | same values |",
-             "|---|---|---|---:|---:|---|"]
+             "", "| model | step | variant | step ms | ratio | same values | options |",
+             "|---|---|---|---:|---:|---|---|"]
     for row in result["rows"]:
         lines.append(f"| {row['model']} | {row['step']} | {row['variant']} | "
                      f"{row['step_ms']:.3f} | {row['ratio']:.2f}x [{row['ratio_min']:.2f}-"
-                     f"{row['ratio_max']:.2f}] | {'yes' if row['same_values'] else 'NO'} |")
+                     f"{row['ratio_max']:.2f}] | {'yes' if row['same_values'] else 'NO'} | "
+                     f"`{row['options']}` |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,13 +7,18 @@ import time
 from typing import Any, Callable
 
 
-def compile_phases(jitted, *args) -> tuple[Any, dict[str, float | None]]:
+def compile_phases(jitted, *args, options: Callable | None = None
+                   ) -> tuple[Any, dict[str, float | None]]:
     """Traces, lowers and compiles a jitted function for `args`; returns the executable and
-    the seconds of each phase. Functions without `.trace` report trace and lower together
-    as lower_s (trace_s None)."""
+    the seconds of each phase. `options(traced)` gives the compiler options from the traced
+    program (its time counts in the trace phase). Functions without `.trace` report trace
+    and lower together as lower_s (trace_s None) and compile with their own options."""
     start = time.perf_counter()
+    compiler_options = None
     if hasattr(jitted, "trace"):
         traced = jitted.trace(*args)
+        if options is not None:
+            compiler_options = options(traced)
         traced_at = time.perf_counter()
         lowered = traced.lower()
         trace_s = traced_at - start
@@ -22,7 +27,7 @@ def compile_phases(jitted, *args) -> tuple[Any, dict[str, float | None]]:
         lowered = jitted.lower(*args)
         trace_s = None
     lowered_at = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options)
     done = time.perf_counter()
     return compiled, {"trace_s": trace_s, "lower_s": lowered_at - traced_at,
                       "compile_s": done - lowered_at, "flops": program_flops(compiled)}

@@ -10,7 +10,7 @@
     jnn.summarize(jnn.sum_metrics([metrics]))            # {"loss": ..., "accuracy": ...}
 
 The public API is the list below: the state, the steps, the XLA options to compile a
-train step with, objectives, metrics, the model adapter, optimizers, and the modules
+step with, objectives, metrics, the model adapter, optimizers, and the modules
 parallel, multistep (several steps per compiled call), ensemble, per_example, dp_sgd,
 precision, models and data.
 """
@@ -19,7 +19,8 @@ import importlib
 
 from jnn import (dp_sgd, ensemble, losses, metrics, models, multistep, objectives, parallel,
                  per_example, precision)
-from jnn.compiler_options import init_compiler_options, train_compiler_options
+from jnn.compiler_options import (eval_compiler_options, init_compiler_options,
+                                  train_compiler_options)
 from jnn.metrics import sum_metrics, summarize
 from jnn.model import LinenModel, NNXModel, as_model, from_linen, from_nnx
 from jnn.optim import make_optimizer, make_schedule, optimizer_names, schedule_names
@@ -40,7 +41,8 @@ def __getattr__(name):
 __all__ = [
     # state and steps
     "TrainState", "create_train_state", "make_train_step", "make_eval_step", "predict",
-    "parameter_count", "train_compiler_options", "init_compiler_options",
+    "parameter_count", "train_compiler_options", "eval_compiler_options",
+    "init_compiler_options",
     # models: the adapter over Linen and NNX, and jnn's own models
     "as_model", "from_linen", "from_nnx", "LinenModel", "NNXModel", "models",
     # objectives, metrics, optimizers

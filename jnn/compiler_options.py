@@ -1,28 +1,39 @@
-"""XLA compiler options, chosen per backend: for a train step, and for a state's init.
+"""XLA compiler options, chosen per backend and per program: for a train step, an eval
+step, and a state's init.
+
+    traced = jax.jit(jnn.make_train_step(), donate_argnums=0).trace(state, batch)
+    train_step = traced.lower().compile(jnn.train_compiler_options(jaxpr=traced.jaxpr))
+
+or, without the program (the options that suit every model, convolutions included):
 
     train_step = jax.jit(jnn.make_train_step(), donate_argnums=0,
                          compiler_options=jnn.train_compiler_options())
 
-`jnn.parallel.jit_sharded` (and so the harness) passes them to every train step it
-compiles. They change which kernels XLA runs, not what the step computes: results equal
-the step compiled without them up to float rounding (the order of the additions inside
-a convolution changes).
+`jnn.parallel.jit_sharded` (and so the harness) passes each step it compiles the options
+for its own program. They change which kernels XLA runs, not what the step computes:
+results equal the step compiled without them up to float rounding (the order of the
+additions inside a dot or a convolution changes).
 
-On CPU, XLA hands each convolution to YNNPACK by default. YNNPACK is fast on the
-forward pass (an eval step's whole forward pass is one fused op), but slow on the
-gradients of a convolution: the kernel gradient is a convolution whose window is the
-whole image. With convolutions left out of YNNPACK's fusions, XLA runs them with its
-own (Eigen) kernels, and YNNPACK keeps the dots and reductions. Measured on the seed
-models (batch 128, 2-core CPU, interleaved in one process), the train step took:
+On CPU, XLA hands dots, reductions, elementwise ops and convolutions to YNNPACK by
+default. YNNPACK is fast on a convolution's forward pass (an eval step's whole forward
+pass is one fused op), but slow on its gradients: the kernel gradient is a convolution
+whose window is the whole image. So a train step that computes convolutions is compiled
+with convolutions left out of YNNPACK's fusions: XLA runs them with its own (Eigen)
+kernels, and YNNPACK keeps the dots and reductions. Measured on the seed models (batch
+128, 2-core CPU, interleaved in one process), the train step took:
 - CIFAR-10 CNN: 0.76x the time;
 - MNIST CNN: 0.65x;
-- a vmap ensemble of 4 CIFAR-10 CNNs: 0.20x; of one MNIST CNN: 0.85x;
-- MLP 0.92x; residual MLP (depth 8 and 128): 0.98-1.04x, within noise.
-Eval steps gain nothing from this (YNNPACK's fused forward pass is the faster one), so
-they keep XLA's defaults. Other backends get no options. With the dots out of YNNPACK too,
-the dense models' steps (MLP, residual MLP) took 0.83-0.94x the time but the CNNs' train
-steps 1.00-1.19x and eval steps 1.6-2.1x (`python -m benchmarks.cpu_fusion_options`, 2-core
-AMD EPYC with AVX-512), so one list serves every model for now.
+- a vmap ensemble of 4 CIFAR-10 CNNs: 0.20x; of one MNIST CNN: 0.85x.
+Its eval step keeps XLA's defaults: YNNPACK's fused forward pass is the faster one (with
+YNNPACK off the CNNs' eval steps took 1.6-2.1x the time).
+
+A program without convolutions (an MLP, a residual MLP, a Transformer's dense layers) runs
+faster with YNNPACK off altogether, train and eval: the MLP's train step took 0.87-0.91x
+the time, its eval step 0.88-0.90x, the residual MLP's (depth 2 and 8) 0.87-0.92x and
+0.84-0.93x (`python -m benchmarks.cpu_fusion_options`, 2-core AMD EPYC with AVX-512, two
+runs). Which kind a program is comes from its jaxpr (`jaxpr=`), traced before it is
+lowered, so the choice costs no second trace; without a jaxpr the options are the ones
+for convolutions, which cost a dense model those 10%. Other backends get no options.
 
 One more CPU setting belongs to the process, not to a program: LLVM's full unrolling,
 capped at 8 iterations by `train.unrolling` (`python -m train` sets it), which cut the
@@ -33,6 +44,8 @@ from __future__ import annotations
 
 import jax
 
+from jnn.convolution_search import computes_convolution
+
 # The YNNPACK fusion kinds to keep: single dots and reductions; no convolutions. The option
 # is a full list, not a change to XLA's default, so a kind that a later XLA adds to its
 # default is left out here; tests/test_compiler_options.py checks that the option still
@@ -40,6 +53,8 @@ import jax
 # INDIVIDUAL_DOT also fuses other ops into the dots: it made a single-member vmap of the
 # MNIST CNN 2.3x slower (the pooling gradient's broadcast and multiply fused into a dot).
 CPU_YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+# For a program without convolutions: no YNNPACK fusions at all (XLA's own kernels).
+CPU_YNN_FUSION_TYPES_DENSE = ""
 # The XLA:CPU option that takes such a list.
 CPU_YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
@@ -47,11 +62,25 @@ CPU_YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 KNOWN_PLATFORMS = frozenset({"cpu", "gpu", "cuda", "rocm", "tpu", "metal"})
 
 
-def train_compiler_options(platform: str | None = None) -> dict[str, str]:
+def train_compiler_options(platform: str | None = None, *, jaxpr=None) -> dict[str, str]:
     """The XLA compiler options for a train step on `platform` ("cpu", "gpu", "tpu"; by
-    default jax's default backend), for `jax.jit(..., compiler_options=...)`."""
-    if _checked(platform) == "cpu":
-        return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES}
+    default jax's default backend), for `jax.jit(..., compiler_options=...)` or
+    `Lowered.compile(...)`. `jaxpr`: the step's (a `Traced`'s `.jaxpr`, or
+    `jax.make_jaxpr`'s) to choose for its program; without it, the options that suit
+    every model (see the module)."""
+    if _checked(platform) != "cpu":
+        return {}
+    if jaxpr is not None and not computes_convolution(jaxpr):
+        return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES_DENSE}
+    return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES}
+
+
+def eval_compiler_options(platform: str | None = None, *, jaxpr=None) -> dict[str, str]:
+    """The XLA compiler options for an eval (or predict) step on `platform`, as
+    `train_compiler_options`: on CPU, YNNPACK off for a program without convolutions;
+    XLA's defaults otherwise, and without `jaxpr`."""
+    if _checked(platform) == "cpu" and jaxpr is not None and not computes_convolution(jaxpr):
+        return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES_DENSE}
     return {}
 
 

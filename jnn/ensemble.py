@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
-from jax.extend import core as jex_core
 
 from jnn import objectives as objectives_lib
+from jnn.convolution_search import cpu_convolutions
 from jnn.model import as_model
 from jnn.state import TrainState, as_batch, initial_arrays, new_train_state, run_once
 from jnn.step import predict
@@ -93,7 +93,7 @@ def resolve_members(fn: Callable, states: TrainState, batch, members: str = "aut
     shapes = lambda tree, drop: jax.tree.map(  # noqa: E731
         lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[drop:], jnp.result_type(a)), tree)
     jaxpr = jax.make_jaxpr(fn)(shapes(states, 1), shapes(batch, 0))
-    convolutions = list(_convolutions(jaxpr.jaxpr))
+    convolutions = list(cpu_convolutions(jaxpr))
     return "map" if convolutions and all(
         _runs_well_in_a_loop(eqn.params, ours) for eqn, ours in convolutions) else "vmap"
 
@@ -103,23 +103,6 @@ def _checked(members: str) -> str:
         raise ValueError(f"members={members!r} is not a way to run an ensemble's members; "
                          f"use one of {', '.join(repr(m) for m in MEMBERS)}")
     return members
-
-
-def _convolutions(jaxpr, ours: bool = False):
-    """(equation, ours) for each convolution the CPU runs in `jaxpr`: of a
-    platform-dependent conditional (jnn's convolutions) only the CPU branch is looked at,
-    and its convolutions are `ours`."""
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            yield eqn, ours
-        platforms = eqn.params.get("branches_platforms") if eqn.primitive.name == "cond" else None
-        if platforms is not None:
-            cpu = [i for i, names in enumerate(platforms) if names and "cpu" in names]
-            index = cpu[0] if cpu else len(platforms) - 1  # else the default branch
-            yield from _convolutions(eqn.params["branches"][index].jaxpr, ours=bool(cpu))
-            continue
-        for inner in jex_core.jaxprs_in_params(eqn.params):
-            yield from _convolutions(inner, ours)
 
 
 def _runs_well_in_a_loop(params, ours: bool) -> bool:

@@ -27,7 +27,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jnn.compiler_options import init_compiler_options, train_compiler_options
+from jnn.compiler_options import (eval_compiler_options, init_compiler_options,
+                                  train_compiler_options)
 
 DATA_AXIS = "data"
 PMAP_AXIS = "batch"
@@ -203,9 +204,10 @@ class ShardedStep:
     """A step jitted with explicit shardings (see `jit_sharded`); lowers on first use.
 
     What the step returns tells a train step `(state, batch) -> (state, metrics)` from an
-    eval step `(state, batch) -> metrics`. A train step donates the state (when `donate`)
-    and is compiled with `jnn.train_compiler_options` for the mesh's platform; an eval
-    step does neither.
+    eval step `(state, batch) -> metrics`. A train step donates the state (when `donate`).
+    Each is compiled with jnn's compiler options for the mesh's platform and its own
+    program (`jnn.train_compiler_options` / `jnn.eval_compiler_options`, given the jaxpr
+    traced here to tell which step it is).
     """
 
     def __init__(self, step: Callable, shardings, mesh: Mesh, donate: bool, batch_axis: int):
@@ -214,19 +216,20 @@ class ShardedStep:
         self._jitted = None
 
     def _build(self, state, batch):
-        out = jax.eval_shape(self._step, state, batch)
+        jaxpr, out = jax.make_jaxpr(self._step, return_shape=True)(state, batch)
         returns_state = (isinstance(out, tuple) and len(out) == 2
                          and jax.tree.structure(out[0]) == jax.tree.structure(state))
         in_shardings = (self._shardings, batch_sharding(self._mesh, self._batch_axis))
+        platform = self._mesh.devices.flat[0].platform
         if returns_state:
-            platform = self._mesh.devices.flat[0].platform
             self._jitted = jax.jit(self._step, in_shardings=in_shardings,
                                    out_shardings=(self._shardings, replicated(self._mesh)),
                                    donate_argnums=0 if self._donate else (),
-                                   compiler_options=train_compiler_options(platform))
+                                   compiler_options=train_compiler_options(platform, jaxpr=jaxpr))
         else:
             self._jitted = jax.jit(self._step, in_shardings=in_shardings,
-                                   out_shardings=replicated(self._mesh))
+                                   out_shardings=replicated(self._mesh),
+                                   compiler_options=eval_compiler_options(platform, jaxpr=jaxpr))
         return self._jitted
 
     def _jit(self, state, batch):
@@ -247,6 +250,6 @@ def jit_sharded(step: Callable, state, mesh: Mesh, *, fsdp: bool = False,
     """jax.jit of a single-device step `(state, batch) -> (state, metrics)` or
     `(state, batch) -> metrics` with explicit shardings: state as `state_shardings`,
     batch split over "data" along `batch_axis` (1 for jnn.multistep's (K, B, ...)
-    stacks), metrics replicated. A train step donates the state when `donate` and is
-    compiled with `jnn.train_compiler_options`; an eval step does neither."""
+    stacks), metrics replicated. A train step donates the state when `donate`; each step
+    is compiled with jnn's compiler options for its program (see `ShardedStep`)."""
     return ShardedStep(step, state_shardings(state, mesh, fsdp=fsdp), mesh, donate, batch_axis)

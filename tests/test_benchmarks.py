@@ -613,6 +613,9 @@ def test_cpu_fusion_options_times_each_variant_against_jnn_and_checks_the_same_v
     assert set(rows) == ({("train", n) for n, _ in fusion.TRAIN_VARIANTS}
                          | {("eval", n) for n, _ in fusion.EVAL_VARIANTS})
     assert rows["train", "jnn"]["ratio"] == 1.0 and rows["eval", "jnn"]["ratio"] == 1.0
+    # jnn's choice for a program without convolutions: YNNPACK off, train and eval
+    assert rows["train", "jnn"]["options"] == rows["train", "ynn-off"]["options"]
+    assert rows["eval", "jnn"]["options"] == rows["eval", "ynn-off"]["options"]
     assert all(row["same_values"] and row["step_ms"] > 0 for row in rows.values())
     assert "| mlp | train | ynn-off |" in (tmp_path / "cpu_fusion_options.md").read_text()
     for bad in (["--models", "mlpp"], ["--rounds", "0"]):

@@ -1,5 +1,6 @@
-"""jnn.train_compiler_options: what it returns per platform, that this jaxlib's XLA does
-what the module says with it, and that a step compiled with it computes the same."""
+"""jnn.train_compiler_options / eval_compiler_options: what they return per platform and
+program, that this jaxlib's XLA does what the module says with them, and that a step
+compiled with them computes the same."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ def ynn_fused_ops(hlo_text: str) -> set[str]:
         body = re.search(r"^" + re.escape(name) + r" .*?^}", hlo_text, re.M | re.S).group(0)
         ops.update(re.findall(r"= \S+ (\w[\w-]*)\(", body))
     return ops
+
+
+@pytest.fixture(scope="module")
+def mlp_case():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((32, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 32).astype(np.int32)
+    model = jnn.models.get("mlp", hidden_sizes=(128,))
+    state = jnn.create_train_state(model, optax.adam(1e-2), jax.random.PRNGKey(0), x[:1])
+    return state, {"x": x, "y": y}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +91,8 @@ def test_a_step_compiled_with_the_options_computes_the_default_steps_values(cnn_
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_jit_sharded_compiles_train_steps_with_the_options_and_eval_steps_without(cnn_case):
+def test_jit_sharded_compiles_a_cnns_train_step_with_the_options_and_eval_step_without(
+        cnn_case):
     state, batch = cnn_case
     mesh = jnn.parallel.make_mesh(jax.devices()[:1])
     state = jnn.parallel.shard_state(state, mesh)
@@ -108,3 +120,77 @@ def test_the_harness_compiles_pmap_train_steps_with_the_options(monkeypatch):
     assert built.mode == "pmap"
     assert ynn_fused_ops(built.train_step.as_text()) == set()
     assert "dot" in ynn_fused_ops(built.eval_step.as_text())
+
+
+def jaxpr_of(step, case):
+    return jax.make_jaxpr(step)(*case)
+
+
+def test_a_program_without_convolutions_gets_ynnpack_off_train_and_eval(mlp_case):
+    train = jaxpr_of(jnn.make_train_step(), mlp_case)
+    evaluate = jaxpr_of(jnn.make_eval_step(), mlp_case)
+    assert jnn.train_compiler_options("cpu", jaxpr=train) == {YNN_KEY: ""}
+    assert jnn.eval_compiler_options("cpu", jaxpr=evaluate) == {YNN_KEY: ""}
+    # a Jaxpr does as well as a ClosedJaxpr; other backends get nothing either way
+    assert jnn.train_compiler_options("cpu", jaxpr=train.jaxpr) == {YNN_KEY: ""}
+    assert jnn.train_compiler_options("gpu", jaxpr=train) == {}
+    assert jnn.eval_compiler_options("tpu", jaxpr=evaluate) == {}
+    # without the program: the options that suit convolutions
+    assert jnn.eval_compiler_options("cpu") == {}
+
+
+def test_a_program_with_convolutions_gets_the_convolution_options(cnn_case):
+    from flax import linen as nn
+
+    assert jnn.train_compiler_options("cpu", jaxpr=jaxpr_of(jnn.make_train_step(), cnn_case)) \
+        == {YNN_KEY: CPU_YNN_FUSION_TYPES}
+    assert jnn.eval_compiler_options("cpu", jaxpr=jaxpr_of(jnn.make_eval_step(), cnn_case)) == {}
+
+    class PlainConv(nn.Module):  # lax's own convolution, not jnn's platform-dependent one
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(10)(nn.Conv(4, (3, 3))(x).reshape(x.shape[0], -1))
+
+    state, batch = cnn_case
+    plain = jnn.create_train_state(jnn.from_linen(PlainConv(), mode=None), optax.sgd(0.1),
+                                   jax.random.PRNGKey(0), batch["x"][:1])
+    jaxpr = jaxpr_of(jnn.make_train_step(), (plain, batch))
+    assert jnn.train_compiler_options("cpu", jaxpr=jaxpr) == {YNN_KEY: CPU_YNN_FUSION_TYPES}
+    # a convolution inside a loop (several steps per call) is found too
+    stacked = jnn.multistep.stack_batches([batch, batch], 2)
+    looped = jaxpr_of(jnn.multistep.scan_steps(jnn.make_train_step()), (state, stacked))
+    assert jnn.train_compiler_options("cpu", jaxpr=looped) == {YNN_KEY: CPU_YNN_FUSION_TYPES}
+
+
+@pytest.mark.parametrize("options", [jnn.train_compiler_options, jnn.eval_compiler_options])
+def test_a_jaxpr_argument_that_is_not_one_is_a_clear_error(options):
+    with pytest.raises(TypeError, match=r"expected a jaxpr .*make_jaxpr.*got function"):
+        options("cpu", jaxpr=jnn.make_train_step())
+
+
+def test_ynnpack_off_leaves_an_mlp_step_no_ynnpack_fusion_and_the_same_values(mlp_case):
+    state, batch = mlp_case
+    traced = jax.jit(jnn.make_train_step()).trace(state, batch)
+    default = traced.lower().compile()
+    dense = traced.lower().compile(jnn.train_compiler_options(jaxpr=traced.jaxpr))
+    # If this fails after a jax upgrade, see CPU_YNN_FUSION_TYPES_DENSE
+    assert "dot" in ynn_fused_ops(default.as_text())
+    assert ynn_fused_ops(dense.as_text()) == set()
+    ref_state, got_state = state, state
+    for _ in range(3):
+        ref_state, ref_metrics = default(ref_state, batch)
+        got_state, got_metrics = dense(got_state, batch)
+        np.testing.assert_allclose(got_metrics["loss"], ref_metrics["loss"], rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(got_state.params), jax.tree.leaves(ref_state.params)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_jit_sharded_compiles_an_mlps_steps_without_ynnpack(mlp_case):
+    state, batch = mlp_case
+    mesh = jnn.parallel.make_mesh(jax.devices()[:1])
+    state = jnn.parallel.shard_state(state, mesh)
+    batch = jnn.parallel.shard_batch(batch, mesh)
+    train = jnn.parallel.jit_sharded(jnn.make_train_step(), state, mesh)
+    evaluate = jnn.parallel.jit_sharded(jnn.make_eval_step(), state, mesh, donate=False)
+    assert ynn_fused_ops(train.lower(state, batch).compile().as_text()) == set()
+    assert ynn_fused_ops(evaluate.lower(state, batch).compile().as_text()) == set()

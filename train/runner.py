@@ -185,7 +185,7 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
     k = config["steps_per_call"]
     axis = 1 if k > 1 else 0  # the batch axis of what the train step takes: (K, B, ...)
     identity = lambda sums: sums  # noqa: E731
-    train_options = None  # jit_sharded gives its train steps jnn.train_compiler_options itself
+    train_options = None  # jit_sharded gives each step jnn's options for its program itself
     if mode in ("none", "shard"):  # one sharded-jit path: a single device is a mesh of one
         if mode == "shard":
             configs.check_batch_divides(batch_size, jax.device_count())

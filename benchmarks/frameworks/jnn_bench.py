@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Callable
+
 import jax
 import numpy as np
 import optax
@@ -20,12 +23,17 @@ def make_model(name: str, axis_name: str | None = None):
     return jnn.models.get(spec.family, axis_name=axis_name)
 
 
-def train_jit(step):
-    """jax.jit of a train step as jnn recommends: the state donated, and jnn's compiler
-    options for the backend. A jnn from before those options (benchmarks.versus_revision
-    runs older revisions with this worker) compiles with XLA's defaults."""
-    options = getattr(jnn, "train_compiler_options", dict)()
-    return jax.jit(step, donate_argnums=0, compiler_options=options)
+def options_for(kind: str) -> Callable | None:
+    """`traced -> compiler options` for a "train" or "eval" step as jnn recommends: jnn's
+    options for the traced program. A jnn from before per-program options
+    (benchmarks.versus_revision runs older revisions with this worker) gets its options
+    for every program, and one from before any options XLA's defaults."""
+    choose = getattr(jnn, f"{kind}_compiler_options", None)
+    if choose is None:
+        return None
+    if "jaxpr" in inspect.signature(choose).parameters:
+        return lambda traced: choose(jaxpr=traced.jaxpr)
+    return lambda traced: choose()
 
 
 def build(spec: dict) -> Bench:
@@ -42,14 +50,14 @@ def build(spec: dict) -> Bench:
     if transform == "vmap":
         state = jnn.ensemble.create_ensemble_state(model, tx, list(range(spec["ensemble"])), x[:1])
         params = jnn.ensemble.member(state, 0).params
-        train_fn = train_jit(jnn.ensemble.ensemble_step(jnn.make_train_step()))
+        train_fn = jax.jit(jnn.ensemble.ensemble_step(jnn.make_train_step()), donate_argnums=0)
         eval_fn = jax.jit(jnn.ensemble.make_ensemble_eval_step())
         batch = jax.device_put(batch)
     else:
         state = jnn.create_train_state(model, tx, key, x[:1])
         params = state.params
         if transform == "jit":
-            train_fn = train_jit(jnn.make_train_step())
+            train_fn = jax.jit(jnn.make_train_step(), donate_argnums=0)
             eval_fn = jax.jit(jnn.make_eval_step())
             batch = jax.device_put(batch)
         elif transform == "shard":
@@ -70,8 +78,11 @@ def build(spec: dict) -> Bench:
                                                         P(axis)))
         else:
             raise ValueError(f"jnn has no transform {transform!r}")
-    train_c, train_phases = compile_phases(train_fn, state, batch)
-    eval_c, eval_phases = compile_phases(eval_fn, state, batch)
+    # jit_sharded and pmap compile with options of their own (pmap: XLA's defaults)
+    train_c, train_phases = compile_phases(train_fn, state, batch, options=options_for("train")
+                                           if transform in ("jit", "vmap") else None)
+    eval_c, eval_phases = compile_phases(eval_fn, state, batch, options=options_for("eval")
+                                         if transform in ("jit", "vmap") else None)
     holder = {"state": state}
 
     def train():
