@@ -10,9 +10,11 @@ train step that computes convolutions with YNNPACK keeping single dots and reduc
 without convolutions with YNNPACK off. This measures, for each model, the step compiled with
 jnn's choice and with each fixed list below, all in this process, timed in turns over
 `--rounds` rounds whose order rotates (A B C, B C A, ...); a ratio is the median over
-rounds of the variant's time over jnn's in the same round, with its spread. Every variant must compute the same metrics as
-jnn's step from the same state, up to float rounding (SAME_VALUES_RTOL; exit code 1
-otherwise): the options pick kernels, not what is computed.
+rounds of the variant's time over jnn's in the same round, with its spread. Every variant
+must compute the same metrics as jnn's step from the same state, up to float rounding
+(SAME_VALUES_RTOL; exit code 1 otherwise): the options pick kernels, not what is
+computed. A fixed list can be the one jnn chose (ynn-off for a dense model): that row
+times the same program twice, a measure of the noise.
 """
 
 from __future__ import annotations

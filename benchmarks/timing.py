@@ -13,6 +13,9 @@ def compile_phases(jitted, *args, options: Callable | None = None
     the seconds of each phase. `options(traced)` gives the compiler options from the traced
     program (its time counts in the trace phase). Functions without `.trace` report trace
     and lower together as lower_s (trace_s None) and compile with their own options."""
+    if options is not None and not hasattr(jitted, "trace"):
+        raise ValueError(f"options= needs a function with .trace (jax.jit's); "
+                         f"{type(jitted).__name__} has none: compile it with its own options")
     start = time.perf_counter()
     compiler_options = None
     if hasattr(jitted, "trace"):

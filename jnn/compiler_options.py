@@ -1,18 +1,23 @@
 """XLA compiler options, chosen per backend and per program: for a train step, an eval
 step, and a state's init.
 
-    traced = jax.jit(jnn.make_train_step(), donate_argnums=0).trace(state, batch)
+    step = jnn.make_train_step()
+    options = jnn.train_compiler_options(jaxpr=jax.make_jaxpr(step)(state, batch))
+    train_step = jax.jit(step, donate_argnums=0, compiler_options=options)
+
+or, ahead of time, from the one trace that jit makes anyway (the executable then takes
+only these shapes):
+
+    traced = jax.jit(step, donate_argnums=0).trace(state, batch)
     train_step = traced.lower().compile(jnn.train_compiler_options(jaxpr=traced.jaxpr))
 
-or, without the program (the options that suit every model, convolutions included):
+Without a jaxpr, `jnn.train_compiler_options()` gives the options that suit every model,
+convolutions included. `jnn.parallel.jit_sharded` and the harness pass each step they
+compile the options for its own program (the harness's pmap steps too, in one process).
 
-    train_step = jax.jit(jnn.make_train_step(), donate_argnums=0,
-                         compiler_options=jnn.train_compiler_options())
-
-`jnn.parallel.jit_sharded` (and so the harness) passes each step it compiles the options
-for its own program. They change which kernels XLA runs, not what the step computes:
-results equal the step compiled without them up to float rounding (the order of the
-additions inside a dot or a convolution changes).
+The options change which kernels XLA runs, not what the step computes: results equal the
+step compiled without them up to float rounding (the order of the additions inside a dot
+or a convolution changes).
 
 On CPU, XLA hands dots, reductions, elementwise ops and convolutions to YNNPACK by
 default. YNNPACK is fast on a convolution's forward pass (an eval step's whole forward
@@ -27,13 +32,13 @@ kernels, and YNNPACK keeps the dots and reductions. Measured on the seed models 
 Its eval step keeps XLA's defaults: YNNPACK's fused forward pass is the faster one (with
 YNNPACK off the CNNs' eval steps took 1.6-2.1x the time).
 
-A program without convolutions (an MLP, a residual MLP, a Transformer's dense layers) runs
-faster with YNNPACK off altogether, train and eval: the MLP's train step took 0.87-0.91x
-the time, its eval step 0.88-0.90x, the residual MLP's (depth 2 and 8) 0.87-0.92x and
-0.84-0.93x (`python -m benchmarks.cpu_fusion_options`, 2-core AMD EPYC with AVX-512, two
-runs). Which kind a program is comes from its jaxpr (`jaxpr=`), traced before it is
-lowered, so the choice costs no second trace; without a jaxpr the options are the ones
-for convolutions, which cost a dense model those 10%. Other backends get no options.
+A program without convolutions (the MLP, the residual MLP) runs faster with YNNPACK off
+altogether, train and eval: the MLP's train step took 0.87-0.91x the time, its eval step
+0.88-0.90x, the residual MLP's (depth 2 and 8) 0.87-0.92x and 0.84-0.93x
+(`python -m benchmarks.cpu_fusion_options`, 2-core AMD EPYC with AVX-512, two runs).
+Which kind a program is comes from its jaxpr (`jaxpr=`, searched by
+`jnn.convolution_search`); without one the options are those for convolutions, which
+cost a dense model those 10%. Other backends get no options.
 
 One more CPU setting belongs to the process, not to a program: LLVM's full unrolling,
 capped at 8 iterations by `train.unrolling` (`python -m train` sets it), which cut the
@@ -68,9 +73,10 @@ def train_compiler_options(platform: str | None = None, *, jaxpr=None) -> dict[s
     `Lowered.compile(...)`. `jaxpr`: the step's (a `Traced`'s `.jaxpr`, or
     `jax.make_jaxpr`'s) to choose for its program; without it, the options that suit
     every model (see the module)."""
+    convolutions = jaxpr is None or computes_convolution(jaxpr)  # (checks jaxpr first)
     if _checked(platform) != "cpu":
         return {}
-    if jaxpr is not None and not computes_convolution(jaxpr):
+    if not convolutions:
         return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES_DENSE}
     return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES}
 
@@ -79,7 +85,8 @@ def eval_compiler_options(platform: str | None = None, *, jaxpr=None) -> dict[st
     """The XLA compiler options for an eval (or predict) step on `platform`, as
     `train_compiler_options`: on CPU, YNNPACK off for a program without convolutions;
     XLA's defaults otherwise, and without `jaxpr`."""
-    if _checked(platform) == "cpu" and jaxpr is not None and not computes_convolution(jaxpr):
+    convolutions = jaxpr is None or computes_convolution(jaxpr)
+    if _checked(platform) == "cpu" and not convolutions:
         return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES_DENSE}
     return {}
 

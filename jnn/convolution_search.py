@@ -2,7 +2,8 @@
 
 Two choices that jnn makes per program read a step's jaxpr (traced once, never run):
 the way an ensemble runs its members (`jnn.ensemble.resolve_members`) and the CPU
-compiler options of a step (`jnn.train_compiler_options(jaxpr=...)`).
+compiler options of a step (`jnn.train_compiler_options(jaxpr=...)`,
+`jnn.eval_compiler_options(jaxpr=...)`).
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ class ShardedStep:
     eval step `(state, batch) -> metrics`. A train step donates the state (when `donate`).
     Each is compiled with jnn's compiler options for the mesh's platform and its own
     program (`jnn.train_compiler_options` / `jnn.eval_compiler_options`, given the jaxpr
-    traced here to tell which step it is).
+    of the one trace that also gives the step's output structure).
     """
 
     def __init__(self, step: Callable, shardings, mesh: Mesh, donate: bool, batch_axis: int):

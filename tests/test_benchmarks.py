@@ -48,6 +48,36 @@ def test_compile_phases_returns_a_working_executable_and_three_phases():
     assert all(phases[k] >= 0 for k in ("trace_s", "lower_s", "compile_s"))
 
 
+def test_compile_phases_compiles_with_the_options_of_the_traced_program():
+    seen = []
+
+    def options(traced):
+        seen.append(traced.jaxpr)
+        return {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" \
+            else {}
+
+    compiled, _ = timing.compile_phases(jax.jit(lambda x: x + 1), np.ones(3, np.float32),
+                                        options=options)
+    np.testing.assert_array_equal(compiled(np.ones(3, np.float32)), [2, 2, 2])
+    assert [eqn.primitive.name for eqn in seen[0].eqns] == ["add"]
+    with pytest.raises(ValueError, match=r"options= needs a function with \.trace"):
+        timing.compile_phases(jax.pmap(lambda x: x + 1), np.ones((1, 3), np.float32),
+                              options=options)
+
+
+def test_the_jnn_worker_asks_an_older_jnn_for_the_options_it_has(monkeypatch):
+    import jnn
+    from benchmarks.frameworks import jnn_bench
+
+    traced = jax.jit(lambda x: x * 2).trace(np.ones(3, np.float32))
+    assert jnn_bench.options_for("train")(traced) == jnn.train_compiler_options(
+        jaxpr=traced.jaxpr)
+    monkeypatch.setattr(jnn, "train_compiler_options", lambda platform=None: {"marker": "1"})
+    assert jnn_bench.options_for("train")(traced) == {"marker": "1"}
+    monkeypatch.delattr(jnn, "eval_compiler_options")
+    assert jnn_bench.options_for("eval") is None
+
+
 def test_a_steps_flops_are_xlas_count_of_the_compiled_program():
     a = np.ones((64, 32), np.float32)
     b = np.ones((32, 16), np.float32)

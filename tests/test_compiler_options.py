@@ -103,23 +103,37 @@ def test_jit_sharded_compiles_a_cnns_train_step_with_the_options_and_eval_step_w
     assert "convolution" in ynn_fused_ops(evaluate.lower(state, batch).compile().as_text())
 
 
-def test_the_harness_compiles_pmap_train_steps_with_the_options(monkeypatch):
-    """jax.pmap takes no compiler options: the harness gives them to its ahead-of-time compile.
-    Marked by an option that takes every op out of YNNPACK: the digits CNN's dense layers
-    are YNNPACK dots otherwise, as in its eval step."""
+def built_runner(name: str, parallel: str, steps_per_call: int = 1):
     from train import config as configs
     from train import loop, runner
 
-    config = configs.get_config("digits_cnn")
-    config.update({"parallel": "pmap", "batch_size": 8 * jax.local_device_count(),
-                   "steps_per_call": 1})
+    config = configs.get_config(name)
+    config.update({"parallel": parallel, "batch_size": 8 * jax.local_device_count(),
+                   "steps_per_call": steps_per_call})
     dataset = jnn.data.load(config["dataset"], data_dir=config["data_dir"],
                             validation_fraction=config["validation_fraction"])
-    monkeypatch.setattr(jnn, "train_compiler_options", lambda platform=None: {YNN_KEY: ""})
     built = runner.build_runner(config, dataset, loop.make_batches(config, dataset, "train")[0])
-    assert built.mode == "pmap"
-    assert ynn_fused_ops(built.train_step.as_text()) == set()
-    assert "dot" in ynn_fused_ops(built.eval_step.as_text())
+    assert built.mode == parallel
+    return built
+
+
+def test_the_harness_compiles_pmap_steps_with_the_options_for_their_programs():
+    """jax.pmap takes no compiler options: the harness gives them to its ahead-of-time
+    compile, chosen from each step's jaxpr."""
+    cnn = built_runner("digits_cnn", "pmap")
+    assert "convolution" not in ynn_fused_ops(cnn.train_step.as_text())
+    assert "dot" in ynn_fused_ops(cnn.train_step.as_text())
+    assert {"convolution", "dot"} <= ynn_fused_ops(cnn.eval_step.as_text())
+    mlp = built_runner("digits_mlp", "pmap")
+    assert ynn_fused_ops(mlp.train_step.as_text()) == set()
+    assert ynn_fused_ops(mlp.eval_step.as_text()) == set()
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_the_harness_compiles_an_mlps_steps_without_ynnpack(steps_per_call):
+    mlp = built_runner("digits_mlp", "none", steps_per_call)
+    assert ynn_fused_ops(mlp.train_step.as_text()) == set()
+    assert ynn_fused_ops(mlp.eval_step.as_text()) == set()
 
 
 def jaxpr_of(step, case):
@@ -163,9 +177,10 @@ def test_a_program_with_convolutions_gets_the_convolution_options(cnn_case):
 
 
 @pytest.mark.parametrize("options", [jnn.train_compiler_options, jnn.eval_compiler_options])
-def test_a_jaxpr_argument_that_is_not_one_is_a_clear_error(options):
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+def test_a_jaxpr_argument_that_is_not_one_is_a_clear_error(options, platform):
     with pytest.raises(TypeError, match=r"expected a jaxpr .*make_jaxpr.*got function"):
-        options("cpu", jaxpr=jnn.make_train_step())
+        options(platform, jaxpr=jnn.make_train_step())
 
 
 def test_ynnpack_off_leaves_an_mlp_step_no_ynnpack_fusion_and_the_same_values(mlp_case):
@@ -194,3 +209,19 @@ def test_jit_sharded_compiles_an_mlps_steps_without_ynnpack(mlp_case):
     evaluate = jnn.parallel.jit_sharded(jnn.make_eval_step(), state, mesh, donate=False)
     assert ynn_fused_ops(train.lower(state, batch).compile().as_text()) == set()
     assert ynn_fused_ops(evaluate.lower(state, batch).compile().as_text()) == set()
+    # XLA's defaults fuse this eval step's dots into YNNPACK: the options are what moved them
+    assert "dot" in ynn_fused_ops(jax.jit(jnn.make_eval_step()).lower(*mlp_case)
+                                  .compile().as_text())
+
+
+@pytest.mark.parametrize("members", ["vmap", "map"])
+def test_an_ensembles_step_gets_the_options_of_its_members_program(mlp_case, cnn_case, members):
+    def ensemble_jaxpr(case):
+        state, batch = case
+        states = jax.tree.map(lambda a: np.stack([a, a]), state)
+        step = jnn.ensemble.ensemble_step(jnn.make_train_step(), members)
+        return jax.make_jaxpr(step)(states, batch)
+
+    assert jnn.train_compiler_options("cpu", jaxpr=ensemble_jaxpr(mlp_case)) == {YNN_KEY: ""}
+    assert jnn.train_compiler_options("cpu", jaxpr=ensemble_jaxpr(cnn_case)) \
+        == {YNN_KEY: CPU_YNN_FUSION_TYPES}

@@ -9,6 +9,7 @@ global batch size and gets metric sums back, whatever the mode.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable
 
@@ -167,8 +168,12 @@ def _steps(config: dict, dataset: jnn.data.Dataset, axis_name: str | None = None
                                           compute_dtype=config["compute_dtype"])
 
 
-def _compile(fn, *args, compiler_options: dict | None = None) -> tuple[Callable, float, float]:
+def _compile(fn, *args, options_for: Callable | None = None) -> tuple[Callable, float, float]:
+    """Lowers and compiles `fn` for `args`, with `options_for(jaxpr=...)`'s compiler options
+    where given; returns the executable and the seconds lowering and compiling took."""
     start = time.perf_counter()
+    compiler_options = (None if options_for is None
+                        else options_for(jaxpr=jax.make_jaxpr(fn)(*args)))
     lowered = fn.lower(*args)
     lowered_at = time.perf_counter()
     compiled = lowered.compile(compiler_options=compiler_options)
@@ -185,7 +190,8 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
     k = config["steps_per_call"]
     axis = 1 if k > 1 else 0  # the batch axis of what the train step takes: (K, B, ...)
     identity = lambda sums: sums  # noqa: E731
-    train_options = None  # jit_sharded gives each step jnn's options for its program itself
+    # jit_sharded gives each step jnn's options for its program itself; pmap takes none
+    train_options = eval_options = None
     if mode in ("none", "shard"):  # one sharded-jit path: a single device is a mesh of one
         if mode == "shard":
             configs.check_batch_divides(batch_size, jax.device_count())
@@ -221,18 +227,21 @@ def build_runner(config: dict, dataset: jnn.data.Dataset, sample_batch: dict) ->
         reduce = lambda sums: jax.tree.map(lambda v: v[0], sums)  # noqa: E731
         devices = jax.device_count()
         if jax.process_count() == 1:  # (several processes call pmap itself: see below)
-            train_options = jnn.train_compiler_options(jax.local_devices()[0].platform)
+            platform = jax.local_devices()[0].platform
+            train_options = functools.partial(jnn.train_compiler_options, platform)
+            eval_options = functools.partial(jnn.eval_compiler_options, platform)
     else:
         raise ValueError(f"unknown parallel mode {mode!r}; choose auto, none, pmap or shard")
     place, place_steps = placer(0), placer(axis)
     sample_steps = sample_batch if k == 1 else jnn.multistep.stack_batches([sample_batch] * k, k)
     train_step, train_lower, train_compile = _compile(train_jit, state, place_steps(sample_steps),
-                                                      compiler_options=train_options)
-    eval_step, eval_lower, eval_compile = _compile(eval_jit, state, place(sample_batch))
+                                                      options_for=train_options)
+    eval_step, eval_lower, eval_compile = _compile(eval_jit, state, place(sample_batch),
+                                                   options_for=eval_options)
     if mode == "pmap" and jax.process_count() > 1:
         # pmap's programs for several processes take global arrays: its own call makes them
         # from this process's arrays (and finds the programs in the compilation cache, which
-        # is why they were compiled without jnn's train compiler options: pmap takes none)
+        # is why they were compiled without jnn's compiler options: pmap takes none)
         train_step, eval_step = train_jit, eval_jit
     timings = {"train_lower_s": train_lower, "train_compile_s": train_compile,
                "eval_lower_s": eval_lower, "eval_compile_s": eval_compile}
