@@ -33,9 +33,10 @@ Its eval step keeps XLA's defaults: YNNPACK's fused forward pass is the faster o
 YNNPACK off the CNNs' eval steps took 1.6-2.1x the time).
 
 A program without convolutions (the MLP, the residual MLP) runs faster with YNNPACK off
-altogether, train and eval: the MLP's train step took 0.87-0.91x the time, its eval step
-0.88-0.90x, the residual MLP's (depth 2 and 8) 0.87-0.92x and 0.84-0.93x
-(`python -m benchmarks.cpu_fusion_options`, 2-core AMD EPYC with AVX-512, two runs).
+altogether, train and eval: with the convolution options the MLP's and the residual MLP's
+(depth 2 and 8) train steps took 1.09-1.16x the time, their eval steps with XLA's defaults
+1.07-1.20x (`python -m benchmarks.cpu_fusion_options`, 2-core AMD EPYC Zen 4, 15
+interleaved rounds: benchmarks/results/cpu-2core-epyc-avx512/34dd135/).
 Which kind a program is comes from its jaxpr (`jaxpr=`, searched by
 `jnn.convolution_search`); without one the options are those for convolutions, which
 cost a dense model those 10%. Other backends get no options.
