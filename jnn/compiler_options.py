@@ -74,22 +74,30 @@ def train_compiler_options(platform: str | None = None, *, jaxpr=None) -> dict[s
     `Lowered.compile(...)`. `jaxpr`: the step's (a `Traced`'s `.jaxpr`, or
     `jax.make_jaxpr`'s) to choose for its program; without it, the options that suit
     every model (see the module)."""
-    convolutions = jaxpr is None or computes_convolution(jaxpr)  # (checks jaxpr first)
-    if _checked(platform) != "cpu":
-        return {}
-    if not convolutions:
+    program = _cpu_program(platform, jaxpr)
+    if program == "dense":
         return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES_DENSE}
-    return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES}
+    if program == "convolutions":
+        return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES}
+    return {}
 
 
 def eval_compiler_options(platform: str | None = None, *, jaxpr=None) -> dict[str, str]:
     """The XLA compiler options for an eval (or predict) step on `platform`, as
     `train_compiler_options`: on CPU, YNNPACK off for a program without convolutions;
     XLA's defaults otherwise, and without `jaxpr`."""
-    convolutions = jaxpr is None or computes_convolution(jaxpr)
-    if _checked(platform) == "cpu" and not convolutions:
+    if _cpu_program(platform, jaxpr) == "dense":
         return {CPU_YNN_FUSION_OPTION: CPU_YNN_FUSION_TYPES_DENSE}
     return {}
+
+
+def _cpu_program(platform: str | None, jaxpr) -> str | None:
+    """None off the CPU; on it "dense" for a jaxpr without convolutions, "convolutions"
+    for one with them or no jaxpr. A jaxpr that is not one is an error on every platform."""
+    convolutions = jaxpr is None or computes_convolution(jaxpr)
+    if _checked(platform) != "cpu":
+        return None
+    return "convolutions" if convolutions else "dense"
 
 
 def _checked(platform: str | None) -> str:

@@ -14,11 +14,11 @@ program; "map" one after another (`lax.map`), each with a single member's progra
 "auto" (the default) is "map" on CPU for a step with convolutions that XLA runs well in
 a loop, and "vmap" otherwise (`resolve_members`). Batched matmuls make "vmap" the
 faster for dense models, but XLA's CPU backend runs a vmapped convolution (a grouped
-one, once the members' activations differ) far slower than the members' own: on a 2-core CPU, four CIFAR-10 CNNs took 178
-ms per train step with "map" against 299 ms with "vmap", and 40 against 259 ms per
-prediction; four MNIST CNNs 54 against 89 ms and 13 against 66 ms; four MLPs 4.0 against
-2.6 ms and 1.06 against 1.08 ms (batch 128, one process). Both give the same values up
-to float rounding."""
+one, once the members' activations differ) far slower than the members' own: on a
+2-core CPU, four CIFAR-10 CNNs took 178 ms per train step with "map" against 299 ms with
+"vmap", and 40 against 259 ms per prediction; four MNIST CNNs 54 against 89 ms and 13
+against 66 ms; four MLPs 4.0 against 2.6 ms and 1.06 against 1.08 ms (batch 128, one
+process). Both give the same values up to float rounding."""
 
 from __future__ import annotations
 

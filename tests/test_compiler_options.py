@@ -77,13 +77,11 @@ def test_the_option_moves_convolutions_out_of_ynnpack_and_keeps_its_dots(cnn_cas
     assert {"dot", "reduce"} <= optioned <= {"dot", "reduce", "parameter"}
 
 
-def test_a_step_compiled_with_the_options_computes_the_default_steps_values(cnn_case):
-    state, batch = cnn_case
-    step = jnn.make_train_step()
-    reference = jax.jit(step)
-    optioned = jax.jit(step, compiler_options=jnn.train_compiler_options())
+def assert_trains_the_same(reference, optioned, state, batch, steps: int = 3):
+    """Both compiled train steps, run `steps` times from `state`, give the same losses and
+    parameters up to float rounding."""
     ref_state, opt_state = state, state
-    for _ in range(3):
+    for _ in range(steps):
         ref_state, ref_metrics = reference(ref_state, batch)
         opt_state, opt_metrics = optioned(opt_state, batch)
         np.testing.assert_allclose(opt_metrics["loss"], ref_metrics["loss"], rtol=1e-5)
@@ -91,16 +89,30 @@ def test_a_step_compiled_with_the_options_computes_the_default_steps_values(cnn_
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_jit_sharded_compiles_a_cnns_train_step_with_the_options_and_eval_step_without(
-        cnn_case):
-    state, batch = cnn_case
+def sharded_programs(case) -> tuple[str, str]:
+    """The compiled HLO text of jit_sharded's train and eval steps on a one-device mesh."""
+    state, batch = case
     mesh = jnn.parallel.make_mesh(jax.devices()[:1])
     state = jnn.parallel.shard_state(state, mesh)
     batch = jnn.parallel.shard_batch(batch, mesh)
     train = jnn.parallel.jit_sharded(jnn.make_train_step(), state, mesh)
     evaluate = jnn.parallel.jit_sharded(jnn.make_eval_step(), state, mesh, donate=False)
-    assert "convolution" not in ynn_fused_ops(train.lower(state, batch).compile().as_text())
-    assert "convolution" in ynn_fused_ops(evaluate.lower(state, batch).compile().as_text())
+    return (train.lower(state, batch).compile().as_text(),
+            evaluate.lower(state, batch).compile().as_text())
+
+
+def test_a_step_compiled_with_the_options_computes_the_default_steps_values(cnn_case):
+    step = jnn.make_train_step()
+    assert_trains_the_same(jax.jit(step),
+                           jax.jit(step, compiler_options=jnn.train_compiler_options()),
+                           *cnn_case)
+
+
+def test_jit_sharded_compiles_a_cnns_train_step_with_the_options_and_eval_step_without(
+        cnn_case):
+    train, evaluate = sharded_programs(cnn_case)
+    assert "convolution" not in ynn_fused_ops(train)
+    assert "convolution" in ynn_fused_ops(evaluate)
 
 
 def built_runner(name: str, parallel: str, steps_per_call: int = 1):
@@ -191,24 +203,13 @@ def test_ynnpack_off_leaves_an_mlp_step_no_ynnpack_fusion_and_the_same_values(ml
     # If this fails after a jax upgrade, see CPU_YNN_FUSION_TYPES_DENSE
     assert "dot" in ynn_fused_ops(default.as_text())
     assert ynn_fused_ops(dense.as_text()) == set()
-    ref_state, got_state = state, state
-    for _ in range(3):
-        ref_state, ref_metrics = default(ref_state, batch)
-        got_state, got_metrics = dense(got_state, batch)
-        np.testing.assert_allclose(got_metrics["loss"], ref_metrics["loss"], rtol=1e-5)
-    for got, want in zip(jax.tree.leaves(got_state.params), jax.tree.leaves(ref_state.params)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert_trains_the_same(default, dense, state, batch)
 
 
 def test_jit_sharded_compiles_an_mlps_steps_without_ynnpack(mlp_case):
-    state, batch = mlp_case
-    mesh = jnn.parallel.make_mesh(jax.devices()[:1])
-    state = jnn.parallel.shard_state(state, mesh)
-    batch = jnn.parallel.shard_batch(batch, mesh)
-    train = jnn.parallel.jit_sharded(jnn.make_train_step(), state, mesh)
-    evaluate = jnn.parallel.jit_sharded(jnn.make_eval_step(), state, mesh, donate=False)
-    assert ynn_fused_ops(train.lower(state, batch).compile().as_text()) == set()
-    assert ynn_fused_ops(evaluate.lower(state, batch).compile().as_text()) == set()
+    train, evaluate = sharded_programs(mlp_case)
+    assert ynn_fused_ops(train) == set()
+    assert ynn_fused_ops(evaluate) == set()
     # XLA's defaults fuse this eval step's dots into YNNPACK: the options are what moved them
     assert "dot" in ynn_fused_ops(jax.jit(jnn.make_eval_step()).lower(*mlp_case)
                                   .compile().as_text())
