@@ -71,7 +71,8 @@ def main(argv=None) -> int:
                         f"{plan.FULL_TIMING['rounds']})")
     parser.add_argument("--compile-rounds", type=int, metavar="K", help="cold compiles per "
                         "framework and model under jit, each in a fresh process (default: 1 "
-                        "with --quick, else 3)")
+                        f"with --quick, else {plan.FULL_SEED_COMPILE_ROUNDS} for the seed "
+                        f"models, {plan.FULL_COMPILE_ROUNDS} for the residual MLPs)")
     parser.add_argument("--allocator", choices=plan.HARNESS_SETTING_CHOICES, default="harness",
                         help="which workers keep freed memory (train.allocator): harness "
                         "(default), jnn's alone, as python -m train runs it; all; none")

@@ -29,9 +29,13 @@ FULL_TIMING = {"warmup": 5, "repeats": 3, "rounds": 30, "min_round_ms": 100.0}
 # cold compiles per framework and model under jit, each in a fresh process (the compile
 # ratios are medians of per-round ratios, like the step ratios); other transforms compile
 # once. One cold compile per framework gave jnn/flax on the MLP 1.03x, 1.12x and 1.54x in
-# three runs on 2-core AVX2 hosts.
+# three runs on 2-core AVX2 hosts. With 3, a rerun of the seed models still moved their
+# compile ratios by up to 29% (34dd135's results): the seed models, whose compile ratios
+# are the headline, get 7 (about 2.5 more minutes a round); the residual MLPs, whose
+# torch.compile takes minutes at depth 128, keep 3.
 QUICK_COMPILE_ROUNDS = 1
 FULL_COMPILE_ROUNDS = 3
+FULL_SEED_COMPILE_ROUNDS = 7
 
 
 def spec_name(spec: dict) -> str:
@@ -60,7 +64,8 @@ def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None
               unroll_cap: str = "harness") -> list[dict]:
     """The specs of a run, in order. `only`: an fnmatch pattern on `spec_name`; `rounds`:
     instead of the default rounds (QUICK_TIMING's or FULL_TIMING's); `compile_rounds`: cold compiles per
-    spec under jit, instead of the default (1 quick, 3 full); `allocator` (which workers keep
+    spec under jit, instead of the default (1 quick; full: 7 for the seed models, 3 for
+    the residual MLPs); `allocator` (which workers keep
     freed memory) and `unroll_cap` (which cap LLVM's full unrolling): one of
     HARNESS_SETTING_CHOICES."""
     timing = {**(QUICK_TIMING if quick else FULL_TIMING)}
@@ -69,13 +74,19 @@ def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None
             raise ValueError(f"{name} must be >= 1, not {value}")
     if rounds is not None:
         timing["rounds"] = rounds
-    if compile_rounds is None:
-        compile_rounds = QUICK_COMPILE_ROUNDS if quick else FULL_COMPILE_ROUNDS
+    def cold_compiles(model: str, transform: str) -> int:
+        if transform != "jit":
+            return 1
+        if compile_rounds is not None:
+            return compile_rounds
+        if quick:
+            return QUICK_COMPILE_ROUNDS
+        return FULL_SEED_COMPILE_ROUNDS if model in SEED_MODELS else FULL_COMPILE_ROUNDS
 
     def spec(framework, model, transform="jit", devices=1, ensemble=1):
         return {"framework": framework, "model": model, "transform": transform,
                 "devices": devices, "ensemble": ensemble, "batch": BATCH, **timing,
-                "compile_rounds": compile_rounds if transform == "jit" else 1,
+                "compile_rounds": cold_compiles(model, transform),
                 "keep_freed_memory": applies_harness_setting(framework, allocator,
                                                              option="allocator"),
                 # an XLA setting: for the JAX frameworks alone

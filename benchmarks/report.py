@@ -255,6 +255,21 @@ def _isa_words(machine: dict) -> str:
     return f" ({isa.upper()})" if isa and isa != "unknown" else ""
 
 
+def _cold_compile_counts(records) -> str:
+    """How many cold compiles each model's compile times are the median of: "7" or "7
+    (mlp, cnn), 3 (resmlp-2, ...)"."""
+    models_by_count: dict[int, list[str]] = {}
+    for model in models_in(records):
+        counts = [len(r["round_compile_s"]) for r in records
+                  if r["model"] == model and r["transform"] == "jit" and r.get("round_compile_s")]
+        if counts:
+            models_by_count.setdefault(max(counts), []).append(model)
+    if len(models_by_count) <= 1:
+        return str(next(iter(models_by_count), 1))
+    return ", ".join(f"{count} ({', '.join(models)})"
+                     for count, models in sorted(models_by_count.items(), reverse=True))
+
+
 def write_markdown(results: dict, path: str) -> None:
     records, machine = results["records"], results["machine"]
     errors = [r for r in records if r.get("error")]
@@ -274,7 +289,7 @@ def write_markdown(results: dict, path: str) -> None:
            "(min–max over rounds); step ms is the median of every timed step of every round. "
            if "rounds" in results["settings"] else "") +
         "Compile s is trace + lower + compile, cold (empty persistent cache)"
-        + (f", the median of {results['settings']['compile_rounds']} cold compiles under "
+        + (f", the median of {_cold_compile_counts(records)} cold compiles under "
            "jit, each in a fresh process, in rounds that rotate the frameworks' order (a "
            "compile ratio is the median of per-round ratios, with their spread)"
            if results["settings"].get("compile_rounds", 1) > 1 else "") +

@@ -218,6 +218,20 @@ def test_the_plan_times_each_model_and_transform_as_one_group_of_rounds():
     assert [s["ensemble"] for s in by_key["mlp", "vmap"]] == [1, 4, 16]
 
 
+def test_the_plan_compiles_the_seed_models_cold_more_often_than_the_deep_models():
+    def cold_compiles(**kwargs):
+        return {(s["model"], s["transform"]): s["compile_rounds"]
+                for s in plan.make_plan(**kwargs)}
+
+    full = cold_compiles(quick=False)
+    assert {full[m, "jit"] for m in plan.SEED_MODELS} == {plan.FULL_SEED_COMPILE_ROUNDS}
+    assert {full[f"resmlp-{d}", "jit"] for d in plan.FULL_DEPTHS} == {plan.FULL_COMPILE_ROUNDS}
+    assert plan.FULL_SEED_COMPILE_ROUNDS > plan.FULL_COMPILE_ROUNDS > 1
+    assert {n for (m, t), n in full.items() if t != "jit"} == {1}
+    assert set(cold_compiles(quick=True).values()) == {plan.QUICK_COMPILE_ROUNDS}
+    assert set(cold_compiles(quick=False, compile_rounds=2).values()) == {1, 2}
+
+
 @pytest.fixture
 def configure_quietly(monkeypatch):
     """worker._configure without its side effects on this process: no persistent-cache
@@ -469,6 +483,13 @@ def test_the_report_gives_ratios_to_flax_and_torch_and_draws_three_plots(tmp_pat
     report.write_markdown(results, str(tmp_path / "results.md"))
     text = (tmp_path / "results.md").read_text()
     assert "median of 3 cold compiles" in text
+    deep = [{**r, "model": "resmlp-1000", "round_compile_s": r["round_compile_s"][:2]}
+            for r in results["records"] if r["model"] == "mlp" and r["transform"] == "jit"
+            and r.get("round_compile_s")]
+    report.write_markdown({**results, "records": results["records"] + deep},
+                          str(tmp_path / "mixed.md"))
+    mixed = (tmp_path / "mixed.md").read_text()
+    assert "median of 3 (mlp, " in mixed and "), 2 (resmlp-1000) cold compiles" in mixed
     assert "| mlp | jnn | 1.00 | 0.50x (0.50–0.60) | 0.25x (0.25–0.30) | 0.50 | 0.50x (0.40–2.00) |" \
         in text
     assert "| mlp | flax | 1.00 | 0.50 | 2.00x (0.50–2.50) |" in text  # flax over jnn

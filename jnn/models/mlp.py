@@ -53,8 +53,9 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, _=None):
-        dense = functools.partial(nn.Dense, self.width, dtype=self.dtype,
-                                  param_dtype=self.param_dtype)
+        dense = functools.partial(nn.Dense, self.width,
+                                  kernel_init=get_initializer("lecun_normal"),
+                                  dtype=self.dtype, param_dtype=self.param_dtype)
         h = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)(x)
         h = get_activation(self.activation)(dense()(h))
         return x + dense()(h), None
