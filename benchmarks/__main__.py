@@ -4,7 +4,7 @@
     python -m benchmarks --out benchmarks/results/cpu-2core   # the full run, about 90 min
     python -m benchmarks --only '*/mlp/jit/*'         # one model, every framework
     python -m benchmarks --quick --rounds 7           # more rounds: tighter ratios
-    python -m benchmarks --only '*/mlp/jit/*' --compile-rounds 5   # more cold compiles
+    python -m benchmarks --only '*/mlp/jit/*' --compile-rounds 9   # more cold compiles
 
 Every measurement runs in its own fresh process (python -m benchmarks.worker), so that
 frameworks never share thread pools. The measurements compared with each other (the

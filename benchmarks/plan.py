@@ -31,8 +31,9 @@ FULL_TIMING = {"warmup": 5, "repeats": 3, "rounds": 30, "min_round_ms": 100.0}
 # once. One cold compile per framework gave jnn/flax on the MLP 1.03x, 1.12x and 1.54x in
 # three runs on 2-core AVX2 hosts. With 3, a rerun of the seed models still moved their
 # compile ratios by up to 29% (34dd135's results): the seed models, whose compile ratios
-# are the headline, get 7 (about 2.5 more minutes a round); the residual MLPs, whose
-# torch.compile takes minutes at depth 128, keep 3.
+# are the headline, get 7 (about 45-60 s a model per round; a rerun then moved them by up
+# to 18%, 0b5f3fb's results); the residual MLPs, whose torch.compile takes minutes at
+# depth 128, keep 3.
 QUICK_COMPILE_ROUNDS = 1
 FULL_COMPILE_ROUNDS = 3
 FULL_SEED_COMPILE_ROUNDS = 7
@@ -74,6 +75,7 @@ def make_plan(*, quick: bool, only: str | None = None, rounds: int | None = None
             raise ValueError(f"{name} must be >= 1, not {value}")
     if rounds is not None:
         timing["rounds"] = rounds
+
     def cold_compiles(model: str, transform: str) -> int:
         if transform != "jit":
             return 1
