@@ -77,7 +77,8 @@ def test_an_nnx_instance_keeps_its_own_values():
 
 
 def test_init_compiler_options_are_for_the_cpu_only():
-    assert jnn.init_compiler_options("cpu") == {"xla_backend_optimization_level": 1}
+    assert jnn.init_compiler_options("cpu") == {"xla_backend_optimization_level": 1,
+                                                 "xla_cpu_use_fusion_emitters": False}
     assert jnn.init_compiler_options("gpu") == {}
     with pytest.raises(ValueError, match="unknown platform"):
         jnn.init_compiler_options("cpus")
