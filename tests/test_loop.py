@@ -229,3 +229,20 @@ def test_tensorboard_logs_without_importing_torch(tmp_path, order):
     assert after == "1.0"
     events = [name for name in os.listdir(tmp_path) if name.startswith("events.out.tfevents")]
     assert events and os.path.getsize(tmp_path / events[0]) > 0
+
+
+def test_the_check_before_a_save_is_one_program_for_all_parameters(compile_counter):
+    import numpy as np
+
+    from train import loop
+
+    # shapes no other test uses, so nothing is cached in-process
+    params = {"a": np.ones((3, 17), np.float32), "b": {"c": np.ones((19,), np.float32),
+                                                     "d": np.ones((2, 2, 23), np.float32)}}
+    compile_counter.counting = True
+    assert bool(loop._all_finite(params))
+    assert compile_counter.count == 1, compile_counter.names  # op by op: 8 programs
+    params["b"]["d"][1, 0, 5] = np.nan
+    assert not bool(loop._all_finite(params))
+    params["b"]["d"][1, 0, 5] = -np.inf
+    assert not bool(loop._all_finite(params))
