@@ -121,7 +121,7 @@ def init_compiler_options(platform: str | None = None) -> dict[str, str | int | 
     emitters compile the init program in two thirds of the time (CIFAR-10 CNN 0.49-0.51 s
     against 0.74-0.79 s, MLP 0.20-0.26 s against 0.34 s; create_train_state as a whole
     1.11 s against 1.37 s, MNIST CNN 0.64 s against 0.81 s, 2-core AMD EPYC Zen 4), with
-    the same bits; they are not used for the train step, whose program they made 7-28%
+    the same bits; they are not used for the train step, whose program they made 5-30%
     slower to run.
     Other backends get no options."""
     platform = _checked(platform)
