@@ -1,6 +1,7 @@
 """jnn.create_train_state compiles the model's init as one program (with
-jnn.init_compiler_options on CPU): the same bits as Flax's own init dispatched op by op, one compile, kept for equal
-models, and the op-by-op init where a module needs concrete values."""
+jnn.init_compiler_options on CPU): the same bits as Flax's own init dispatched op by op,
+one compile, kept for equal models, and the op-by-op init where a module needs concrete
+values."""
 
 import flax.linen as nn
 import jax
